@@ -1,0 +1,154 @@
+"""The gateway daemon: wires the flows together under one TaskGroup.
+
+Services (each a named task): the school broker link, the academy broker
+link, state ingest, and the LAN HTTP server. ``stop()`` shuts down in order:
+publish offline status on both brokers, cancel the services, close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from gateway import __version__, topics
+from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
+from gateway.config import Config
+from gateway.metrics import Counters
+from gateway.relay.direct import DirectRelay
+from gateway.state.ingest import StateIngest
+from gateway.state.shadow import tablet_counts
+from gateway.store.database import Database
+from gateway.web.admin_token import load_or_create_admin_token
+from gateway.web.server import build_app, serve_until_cancelled
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "gateway.db"
+
+
+def _presence(online: bool, gateway_id: str) -> bytes:
+    return json.dumps({"online": online, "gateway_id": gateway_id}).encode()
+
+
+class Gateway:
+    """One gateway process: construct with a Config, then ``await run()``."""
+
+    def __init__(self, config: Config, counters: Counters | None = None) -> None:
+        self.config = config
+        self.counters = counters or Counters()
+        self.ready = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._started_at = time.monotonic()
+        self._db: Database | None = None
+        g = config.gateway
+        self.school_link = BrokerLink(
+            LinkSettings(
+                name="school",
+                host=config.school_broker.host,
+                port=config.school_broker.port,
+                client_id=f"gateway-{g.gateway_id}",
+                keepalive_s=config.school_broker.keepalive_s,
+                birth=Announcement(topics.GATEWAY_STATUS, _presence(True, g.gateway_id)),
+                will=Announcement(topics.GATEWAY_STATUS, _presence(False, g.gateway_id)),
+                subscriptions=(
+                    (topics.TABLET_STATE_FILTER, 1),
+                    (topics.TABLET_STATUS_FILTER, 1),
+                    (topics.TABLET_RESULTS_FILTER, 1),
+                ),
+                backoff_cap_s=5.0,
+            ),
+            self.counters,
+            on_message=self._route_school_message,
+        )
+        status_topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
+        self.academy_link = BrokerLink(
+            LinkSettings(
+                name="academy",
+                host=config.academy_broker.host,
+                port=config.academy_broker.port,
+                client_id=f"{g.school_id}-{g.gateway_id}",
+                keepalive_s=config.academy_broker.keepalive_s,
+                birth=Announcement(status_topic, _presence(True, g.gateway_id)),
+                will=Announcement(status_topic, _presence(False, g.gateway_id)),
+            ),
+            self.counters,
+        )
+        self._ingest: StateIngest | None = None
+
+    def stop(self) -> None:
+        """Ask ``run`` to shut down in order (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        g = self.config.gateway
+        g.state_dir.mkdir(parents=True, exist_ok=True)
+        admin_token = load_or_create_admin_token(g.state_dir)
+        self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        try:
+            relay = DirectRelay(
+                db, self.academy_link, self.counters, school_id=g.school_id, gateway_id=g.gateway_id
+            )
+            self._ingest = StateIngest(
+                db,
+                self.counters,
+                self.school_link.ack,
+                max_report_bytes=self.config.tablets.max_report_bytes,
+                on_stored=relay.relay_states,
+            )
+            http_started = asyncio.Event()
+            web_app = build_app(self.status, admin_token)
+            services: dict[str, Coroutine[Any, Any, None]] = {
+                "school-broker": self.school_link.run(),
+                "academy-broker": self.academy_link.run(),
+                "state-ingest": self._ingest.run(),
+                "http": serve_until_cancelled(
+                    web_app, self.config.http.host, self.config.http.port, http_started
+                ),
+            }
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(coro, name=name) for name, coro in services.items()]
+                group.create_task(self._stop_when_asked(tasks), name="shutdown")
+                await http_started.wait()
+                self.ready.set()
+                log.info("gateway %s of school %s is up", g.gateway_id, g.school_id)
+        finally:
+            await db.close()
+            self._db = None
+            log.info("gateway stopped")
+
+    async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
+        await self._stop_requested.wait()
+        log.info("shutting down")
+        await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
+        for task in tasks:
+            task.cancel()
+
+    async def _route_school_message(self, message: Inbound) -> None:
+        topic = topics.parse_tablet_topic(message.topic)
+        if topic is not None and topic.channel in ("state", "status") and self._ingest:
+            await self._ingest.accept(message)
+            return
+        # Results are handled by the command flow; anything else is not ours.
+        self.counters.inc("school_messages_ignored")
+        self.school_link.ack(message)
+
+    async def status(self) -> dict[str, Any]:
+        """What ``school-gateway status`` and the admin API show."""
+        g = self.config.gateway
+        known, online = await tablet_counts(self._db) if self._db else (0, 0)
+        return {
+            "school_id": g.school_id,
+            "gateway_id": g.gateway_id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "brokers": {
+                "school": self.school_link.is_connected,
+                "academy": self.academy_link.is_connected,
+            },
+            "tablets": {"known": known, "online": online},
+            "counters": self.counters.snapshot(),
+        }

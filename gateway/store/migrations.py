@@ -1,0 +1,29 @@
+"""Numbered schema migrations, applied in order at start-up.
+
+``PRAGMA user_version`` records the last applied number, so a database from
+an older version upgrades in place. Never edit a shipped migration: add one.
+Numbers are reserved by flow: 1 shadow/meta, 2-9 relay, 10-19 commands,
+20-29 cache, 30-39 security.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE shadow (
+        device_id   TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,          -- the latest valid report, canonical JSON
+        report_seq  INTEGER NOT NULL,       -- the tablet's own sequence number
+        group_name  TEXT NOT NULL DEFAULT '',
+        first_seen  REAL NOT NULL,
+        last_seen   REAL NOT NULL,
+        online      INTEGER NOT NULL DEFAULT 0,
+        presence_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX shadow_group ON shadow (group_name);
+    """,
+}
