@@ -18,7 +18,8 @@ from gateway import __version__, topics
 from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.config import Config
 from gateway.metrics import Counters
-from gateway.relay.direct import DirectRelay
+from gateway.relay import outbox
+from gateway.relay.drain import OutboxDrain
 from gateway.state.ingest import StateIngest
 from gateway.state.shadow import tablet_counts
 from gateway.store.database import Database
@@ -89,7 +90,7 @@ class Gateway:
         admin_token = load_or_create_admin_token(g.state_dir)
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
         try:
-            relay = DirectRelay(
+            drain = OutboxDrain(
                 db, self.academy_link, self.counters, school_id=g.school_id, gateway_id=g.gateway_id
             )
             self._ingest = StateIngest(
@@ -97,7 +98,7 @@ class Gateway:
                 self.counters,
                 self.school_link.ack,
                 max_report_bytes=self.config.tablets.max_report_bytes,
-                on_stored=relay.relay_states,
+                on_stored=lambda _reports: drain.notify(),
             )
             http_started = asyncio.Event()
             web_app = build_app(self.status, admin_token)
@@ -105,6 +106,7 @@ class Gateway:
                 "school-broker": self.school_link.run(),
                 "academy-broker": self.academy_link.run(),
                 "state-ingest": self._ingest.run(),
+                "outbox-drain": drain.run(),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -150,5 +152,6 @@ class Gateway:
                 "academy": self.academy_link.is_connected,
             },
             "tablets": {"known": known, "online": online},
+            "outbox": await outbox.backlog(self._db) if self._db else {},
             "counters": self.counters.snapshot(),
         }

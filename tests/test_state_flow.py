@@ -87,7 +87,7 @@ class TestMalformedReports:
 class TestAcademyOutage:
     """The gateway keeps running when the academy broker goes away, and reconnects."""
 
-    async def test_reconnects_after_academy_broker_restart(
+    async def test_reconnects_and_delivers_what_arrived_during_the_outage(
         self, start_gateway, school_broker, academy_broker, academy_listener
     ):
         running = await start_gateway()

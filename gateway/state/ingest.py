@@ -3,7 +3,9 @@
 Messages wait in a bounded queue; the writer takes up to ``batch_size`` at a
 time (or what arrived within ``batch_window_s``), validates each, stores the
 valid ones in ONE transaction, and only after COMMIT acknowledges every
-message of the batch to the broker and hands the stored reports on upstream.
+message of the batch to the broker. The same transaction puts each report in
+the outbox (latest per tablet wins), so what is acknowledged is also queued
+for the academy.
 A rejected message is counted, logged with the device and the reason, and
 acknowledged (redelivering it would not make it valid).
 
@@ -17,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.broker.link import Inbound
 from gateway.errors import RejectedInput
 from gateway.metrics import Counters
+from gateway.relay.outbox import enqueue
 from gateway.state.report import Presence, StateReport, parse_presence, parse_state_report
 from gateway.state.shadow import store_presence, store_reports
 from gateway.store.database import Database
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 5_000
 
 Acknowledge = Callable[[Inbound], None]
-StoredHandler = Callable[[Sequence[StateReport]], Awaitable[None]]
+StoredHandler = Callable[[Sequence[StateReport]], None]
 
 
 class StateIngest:
@@ -98,6 +101,8 @@ class StateIngest:
         async with self._db.transaction() as conn:
             if reports:
                 await store_reports(conn, reports, now)
+                for report in reports:
+                    await enqueue(conn, "state", report.as_dict(), dedup_key=report.device_id)
             if presences:
                 await store_presence(conn, presences, now)
         for message in batch:
@@ -105,7 +110,7 @@ class StateIngest:
         self._counters.inc("state_reports_stored", len(reports))
         self._counters.inc("presence_updates_stored", len(presences))
         if reports and self._on_stored is not None:
-            await self._on_stored(reports)
+            self._on_stored(reports)
 
     def _parse(self, message: Inbound) -> StateReport | Presence | None:
         topic = parse_tablet_topic(message.topic)

@@ -26,4 +26,16 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX shadow_group ON shadow (group_name);
     """,
+    2: """
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- per-gateway upstream sequence
+        kind       TEXT NOT NULL,                      -- result | rejection | summary | state
+        priority   INTEGER NOT NULL,                   -- drain order: lower first
+        dedup_key  TEXT,                               -- state: device id (latest wins)
+        body       TEXT NOT NULL,                      -- JSON
+        created    REAL NOT NULL
+    );
+    CREATE INDEX outbox_drain ON outbox (priority, seq);
+    CREATE UNIQUE INDEX outbox_latest ON outbox (kind, dedup_key) WHERE dedup_key IS NOT NULL;
+    """,
 }
