@@ -21,14 +21,14 @@ from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 
 
-def lab_config(
+def lab_tables(
     state_dir: Path,
     *,
     school_port: int,
     academy_port: int,
     overrides: dict[str, dict[str, Any]] | None = None,
-) -> Config:
-    """A gateway config pointing at loopback brokers; ``overrides`` merges per table."""
+) -> dict[str, dict[str, Any]]:
+    """Config tables pointing at loopback brokers; ``overrides`` merges per table."""
     table: dict[str, dict[str, Any]] = {
         "gateway": {
             "school_id": "school-test",
@@ -41,7 +41,21 @@ def lab_config(
     }
     for section, values in (overrides or {}).items():
         table.setdefault(section, {}).update(values)
-    return config_from_mapping(table)
+    return table
+
+
+def lab_config(
+    state_dir: Path,
+    *,
+    school_port: int,
+    academy_port: int,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
+    """A gateway Config pointing at loopback brokers."""
+    tables = lab_tables(
+        state_dir, school_port=school_port, academy_port=academy_port, overrides=overrides
+    )
+    return config_from_mapping(tables)
 
 
 @pytest.fixture
