@@ -103,7 +103,7 @@ class TestDemo:
 
     async def test_demo_runs_for_a_duration(self):
         result = await run_cli(
-            "demo", "--tablets", "5", "--duration", "4", "--interval", "0.5", timeout=120
+            "demo", "--tablets", "5", "--duration", "4", "--interval", "0.5", within_s=120
         )
         assert result.returncode == 0, result.stderr
         last = result.stdout.strip().splitlines()[-1]
