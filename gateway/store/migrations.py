@@ -38,4 +38,27 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX outbox_drain ON outbox (priority, seq);
     CREATE UNIQUE INDEX outbox_latest ON outbox (kind, dedup_key) WHERE dedup_key IS NOT NULL;
     """,
+    30: """
+    CREATE TABLE enrollment_token (
+        token_hash TEXT PRIMARY KEY,        -- SHA-256 of the secret; the secret is never stored
+        group_name TEXT NOT NULL DEFAULT '',
+        device_id  TEXT,                    -- chosen at creation, else at redemption
+        created    REAL NOT NULL,
+        expires    REAL NOT NULL,
+        redeemed   REAL                     -- NULL until used (single use)
+    );
+    CREATE TABLE tablet_identity (
+        device_id  TEXT PRIMARY KEY,        -- the certificate's CN, the broker user name
+        serial     TEXT NOT NULL UNIQUE,    -- certificate serial, hex
+        group_name TEXT NOT NULL DEFAULT '',
+        enrolled   REAL NOT NULL,
+        not_after  REAL NOT NULL,
+        revoked    REAL                     -- NULL while the tablet may connect
+    );
+    CREATE TABLE revoked_serial (
+        serial     TEXT PRIMARY KEY,        -- hex; every serial the CRL lists
+        revoked    REAL NOT NULL,
+        device_id  TEXT                     -- NULL for the gateway's reload probes
+    );
+    """,
 }
