@@ -51,6 +51,14 @@ class SchoolBrokerSection:
     # Per-client limits written into the generated Mosquitto config.
     max_inflight_messages: int = field(default=1000, metadata={"min": 1})
     max_queued_messages: int = field(default=100_000, metadata={"min": 100})
+    # Security (docs/security.md): tablets connect with TLS and a client
+    # certificate on tls_host:tls_port; host:port is the gateway's own listener.
+    tls_host: str = "0.0.0.0"
+    tls_port: int = _port(8883)
+    server_names: tuple[str, ...] = ()  # extra DNS names for the server certificate
+    reload_command: tuple[str, ...] = ("systemctl", "reload", "mosquitto.service")
+    # DEVELOPMENT ONLY: an anonymous plain listener on 127.0.0.1 instead of TLS.
+    lab_plain_listener: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class AcademyBrokerSection:
     host: str
     port: int = _port(1883)
     keepalive_s: int = field(default=60, metadata={"min": 5, "max": 3600})
+    # mTLS: the academy CA to pin ("" = plain MQTT, development only), and the
+    # gateway's certificate signed by the academy ("" = <state_dir>/pki/...).
+    ca_file: str = ""
+    cert_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,17 @@ class CommandsSection:
 
 
 @dataclass(frozen=True)
+class EnrollmentSection:
+    """The HTTPS endpoint where tablets redeem enrollment tokens."""
+
+    host: str = "0.0.0.0"
+    port: int = _port(8443)
+    token_ttl_s: int = field(default=3600, metadata={"min": 60})
+    certificate_days: int = field(default=730, metadata={"min": 1, "max": 3650})
+    advertised_host: str = ""  # broker host told to tablets; "" = the address they reached
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one field per TOML table."""
 
@@ -121,6 +144,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     cache: CacheSection = field(default_factory=CacheSection)
     commands: CommandsSection = field(default_factory=CommandsSection)
+    enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
 
 
@@ -140,7 +164,17 @@ def load_config(path: Path) -> Config:
 def config_from_mapping(table: dict[str, Any], *, source: Path = Path("<memory>")) -> Config:
     """Build a Config from already-parsed TOML (used by tests and the demo)."""
     config = _build(Config, table, prefix="", source=source)
+    check_lab_plain_listener(config.school_broker, source)
     return dataclasses.replace(config, source=source)
+
+
+def check_lab_plain_listener(broker: SchoolBrokerSection, source: Path) -> None:
+    """The anonymous lab listener is refused anywhere but loopback."""
+    if broker.lab_plain_listener and broker.host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(
+            f"{source}: school_broker.lab_plain_listener is for development only and "
+            f"needs school_broker.host = 127.0.0.1, got {broker.host!r}"
+        )
 
 
 def _build(cls: type[_T], table: Any, *, prefix: str, source: Path) -> _T:
