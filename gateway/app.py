@@ -8,6 +8,7 @@ publish offline status on both brokers, cancel the services, close the store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -17,9 +18,13 @@ from typing import Any
 from gateway import __version__, topics
 from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.config import Config
+from gateway.errors import GatewayError
 from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
+from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
+from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
+from gateway.security.tls import academy_context, school_broker_context
 from gateway.state.ingest import StateIngest
 from gateway.state.shadow import tablet_counts
 from gateway.store.database import Database
@@ -88,8 +93,22 @@ class Gateway:
         g = self.config.gateway
         g.state_dir.mkdir(parents=True, exist_ok=True)
         admin_token = load_or_create_admin_token(g.state_dir)
+        # Keys and certificates: made at first start, refused if others can read them.
+        identity = load_identity(self.config)
+        secure = not self.config.school_broker.lab_plain_listener
+        for link, tls in (
+            (self.school_link, school_broker_context(self.config)),
+            (self.academy_link, academy_context(self.config)),
+        ):
+            link.settings = dataclasses.replace(link.settings, tls=tls)
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
         try:
+            await write_broker_files(self.config, identity, db)
+            if identity.server_reissued and secure:
+                try:
+                    await reload_broker(self.config)
+                except GatewayError as exc:
+                    log.error("new server certificate not loaded by the broker yet: %s", exc)
             drain = OutboxDrain(
                 db, self.academy_link, self.counters, school_id=g.school_id, gateway_id=g.gateway_id
             )
@@ -111,6 +130,9 @@ class Gateway:
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
             }
+            if secure:
+                endpoint = EnrollmentEndpoint(self.config, identity, db, self.counters)
+                services["enrollment"] = serve_enrollment(endpoint)
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(coro, name=name) for name, coro in services.items()]
                 group.create_task(self._stop_when_asked(tasks), name="shutdown")

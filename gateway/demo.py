@@ -53,7 +53,8 @@ def demo_config(workdir: Path, school_port: int, academy_port: int) -> Config:
                 "gateway_id": GATEWAY_ID,
                 "state_dir": str(workdir / "state"),
             },
-            "school_broker": {"host": "127.0.0.1", "port": school_port},
+            # Development only: anonymous plain MQTT on loopback (docs/security.md).
+            "school_broker": {"host": "127.0.0.1", "port": school_port, "lab_plain_listener": True},
             "academy_broker": {"host": "127.0.0.1", "port": academy_port},
             "http": {"host": "127.0.0.1", "port": free_port()},
             "uplink": {"summary_interval_s": 10.0},

@@ -35,7 +35,10 @@ def lab_tables(
             "gateway_id": "gw-test",
             "state_dir": str(state_dir),
         },
-        "school_broker": {"host": "127.0.0.1", "port": school_port},
+        # The lab's anonymous plain listener on loopback (development only): the
+        # foundation's tests use plain clients; tests/test_security*.py use
+        # secure_lab_tables instead.
+        "school_broker": {"host": "127.0.0.1", "port": school_port, "lab_plain_listener": True},
         "academy_broker": {"host": "127.0.0.1", "port": academy_port},
         "http": {"host": "127.0.0.1", "port": free_port()},
     }

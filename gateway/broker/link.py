@@ -109,7 +109,12 @@ class BrokerLink:
                 attempt = 0
             except aiomqtt.MqttError as exc:
                 self._counters.inc(f"broker_{name}_connection_errors")
-                log.warning("%s broker link down: %s", name, exc)
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    # The broker's certificate does not chain to the CA we pin.
+                    self._counters.inc(f"broker_{name}_tls_refused")
+                    log.error("%s broker refused: its certificate is not trusted: %s", name, exc)
+                else:
+                    log.warning("%s broker link down: %s", name, exc)
             finally:
                 self.connected.clear()
                 self._disconnected.set()
