@@ -5,6 +5,7 @@
     demo              brokers, gateway and simulated tablets on loopback
     sim               simulated tablets against a broker
     mosquitto-config  write the school broker's config from the gateway config
+    enroll            enrollment tokens, enrolled tablets, revocation (gateway.security.cli)
 
 Each flow adds its own commands through a ``register(subparsers)`` function.
 """
@@ -73,6 +74,10 @@ def _cmd_mosquitto_config(args: argparse.Namespace) -> int:
     from gateway.config import load_config
 
     config = load_config(args.config)
+    if not config.school_broker.lab_plain_listener:
+        from gateway.security.broker_files import prepare_broker_files_now
+
+        prepare_broker_files_now(config)  # the CA, certificates, CRL and ACL it refers to
     if args.output is None:
         print(render_mosquitto_config(config), end="")
     else:
@@ -117,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("sim", help="simulate tablets against a school broker")
     add_sim_arguments(sim)
     sim.set_defaults(handler=_cmd_sim)
+
+    from gateway.security.cli import register as register_enroll
+
+    register_enroll(commands, DEFAULT_CONFIG)
 
     from gateway.demo import add_demo_arguments
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from gateway.broker.mosquitto_config import render_mosquitto_config
 from gateway.config import Config, config_from_mapping
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
+from gateway.security.broker_files import load_identity, prepare_broker_files
+from gateway.store.database import Database
 
 
 def lab_tables(
@@ -118,6 +121,110 @@ async def start_gateway(
         await asyncio.wait_for(gateway.ready.wait(), 10)
         await asyncio.wait_for(gateway.school_link.connected.wait(), 10)
         await asyncio.wait_for(gateway.academy_link.connected.wait(), 10)
+        handle = RunningGateway(gateway, task)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        if not handle.task.done():
+            await handle.stop()
+
+
+# --- The secure school broker (tests/test_security*.py, test_enroll*.py, test_broker_acl*.py)
+
+
+def secure_lab_tables(
+    state_dir: Path,
+    *,
+    school_port: int,
+    tls_port: int,
+    academy_port: int,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Config tables for the production shape: TLS listeners, ACL, no anonymous access."""
+    tables = lab_tables(state_dir, school_port=school_port, academy_port=academy_port)
+    tables["school_broker"] = {
+        "host": "127.0.0.1",
+        "port": school_port,
+        "tls_host": "127.0.0.1",
+        "tls_port": tls_port,
+    }
+    tables["enrollment"] = {"host": "127.0.0.1", "port": free_port()}
+    for section, values in (overrides or {}).items():
+        tables.setdefault(section, {}).update(values)
+    return tables
+
+
+class SecureSchool:
+    """A real Mosquitto running the gateway's secure config, and what it was made from."""
+
+    def __init__(self, broker: MosquittoProcess, tables: dict[str, dict[str, Any]]) -> None:
+        self.broker = broker
+        self.tables = tables
+        self.config = config_from_mapping(tables)
+        self.identity = load_identity(self.config)
+
+    @property
+    def tls_port(self) -> int:
+        return self.config.school_broker.tls_port
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.gateway.state_dir
+
+
+async def start_secure_broker(
+    workdir: Path, tables: dict[str, dict[str, Any]]
+) -> tuple[MosquittoProcess, dict[str, dict[str, Any]]]:
+    """Prepare keys, CRL and ACL like `mosquitto-config` does, then start the broker.
+
+    The reload command sends SIGHUP to this broker, as systemd's reload does.
+    """
+    config = config_from_mapping(tables)
+    db = await Database.open(config.gateway.state_dir / "gateway.db")
+    try:
+        await prepare_broker_files(config, db)
+    finally:
+        await db.close()
+    # Mosquitto reads the TLS files after dropping to user "mosquitto", which
+    # cannot enter pytest's private tmp_path: the lab keeps it as root.
+    text = render_mosquitto_config(config, broker_user="root" if os.geteuid() == 0 else None)
+    broker = MosquittoProcess(workdir, text, port=config.school_broker.port)
+    await broker.start()
+    assert broker._process is not None
+    tables["school_broker"]["reload_command"] = ["kill", "-HUP", str(broker._process.pid)]
+    return broker, tables
+
+
+@pytest.fixture
+async def secure_school(tmp_path: Path) -> AsyncIterator[SecureSchool]:
+    tables = secure_lab_tables(
+        tmp_path / "state", school_port=free_port(), tls_port=free_port(), academy_port=1
+    )
+    broker, tables = await start_secure_broker(tmp_path / "school-broker", tables)
+    try:
+        yield SecureSchool(broker, tables)
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+async def start_secure_gateway(
+    secure_school: SecureSchool, academy_broker: MosquittoProcess
+) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: a gateway on the secure school broker, connected to both brokers."""
+    running: list[RunningGateway] = []
+
+    async def start(overrides: dict[str, dict[str, Any]] | None = None) -> RunningGateway:
+        tables = {k: dict(v) for k, v in secure_school.tables.items()}
+        tables["academy_broker"] = {"host": "127.0.0.1", "port": academy_broker.port}
+        for section, values in (overrides or {}).items():
+            tables.setdefault(section, {}).update(values)
+        gateway = Gateway(config_from_mapping(tables))
+        task = asyncio.create_task(gateway.run(), name="gateway")
+        await asyncio.wait_for(gateway.ready.wait(), 10)
+        await asyncio.wait_for(gateway.school_link.connected.wait(), 10)
         handle = RunningGateway(gateway, task)
         running.append(handle)
         return handle

@@ -57,6 +57,19 @@ async def prepare_broker_files(config: Config, db: Database) -> Identity:
     return identity
 
 
+def prepare_broker_files_now(config: Config) -> Identity:
+    """``prepare_broker_files`` for synchronous callers (``mosquitto-config``)."""
+
+    async def prepare() -> Identity:
+        db = await Database.open(config.gateway.state_dir / "gateway.db")
+        try:
+            return await prepare_broker_files(config, db)
+        finally:
+            await db.close()
+
+    return asyncio.run(prepare())
+
+
 async def reload_broker(config: Config) -> None:
     """Run ``school_broker.reload_command``; SecurityError if it fails."""
     command = config.school_broker.reload_command

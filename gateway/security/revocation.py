@@ -37,6 +37,7 @@ from gateway.security import pki, registry
 from gateway.security.broker_files import reload_broker, write_broker_files
 from gateway.security.identity import Identity, PkiPaths
 from gateway.security.keyfiles import write_private_file, write_public_file
+from gateway.security.probe import ACCEPTED, connect_outcome
 from gateway.security.tls import client_context, school_broker_context
 from gateway.store.database import Database
 
@@ -125,12 +126,8 @@ async def _wait_until_probe_refused(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
     while loop.time() < deadline:
-        try:
-            async with aiomqtt.Client(
-                broker.host, broker.port, identifier=probe.name, tls_context=context, timeout=5
-            ):
-                pass
-        except aiomqtt.MqttError:
+        outcome = await connect_outcome(broker.host, broker.port, context, probe.name)
+        if outcome != ACCEPTED:
             return True
         await asyncio.sleep(0.05)
     return False

@@ -14,8 +14,9 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -55,6 +56,8 @@ class FleetSettings:
     prefix: str = "tab"
     first_index: int = 0
     seed: int = 1
+    # Enrolled tablets connect with TLS: device id -> its context (gateway.sim.enroll).
+    tls: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
 
 
 class SimulatedTablet:
@@ -93,6 +96,7 @@ class SimulatedTablet:
                 keepalive=60,
                 will=aiomqtt.Will(status, b'{"online":false}', qos=1, retain=True),
                 timeout=30,
+                tls_context=self.settings.tls.get(self.device_id),
             )
             connected = False
             try:
