@@ -11,7 +11,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -101,15 +100,24 @@ class CacheLab:
 
     def item(self, name: str, data: bytes, **extra: Any) -> dict[str, Any]:
         url = self.origin.add(name, data)
-        return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "urls": [url],
-                "name": name, **extra}
+        return {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+            "urls": [url],
+            "name": name,
+            **extra,
+        }
 
     def envelope(self, items: list[dict[str, Any]], serial: int | None = None) -> bytes:
         if serial is None:
             self.serial += 1
             serial = self.serial
-        body = {"type": "cache_manifest", "serial": serial, "issued_at": time.time(),
-                "items": items}
+        body = {
+            "type": "cache_manifest",
+            "serial": serial,
+            "issued_at": time.time(),
+            "items": items,
+        }
         return sign_manifest(body, self.private, self.key_id)
 
     async def publish(self, items: list[dict[str, Any]]) -> None:
@@ -234,8 +242,10 @@ class TestSingleFlight:
                 return hasher.hexdigest()
 
         early = [asyncio.create_task(client()) for _ in range(10)]
-        assert await wait_until(lambda: lab.service.active(sha) is not None
-                                and lab.service.active(sha).received > MB, 10)
+        assert await wait_until(
+            lambda: lab.service.active(sha) is not None and lab.service.active(sha).received > MB,
+            10,
+        )
         late = [asyncio.create_task(client()) for _ in range(5)]  # join mid-download
         results = await asyncio.gather(*early, *late)
         assert results == [sha] * 15
@@ -408,9 +418,10 @@ class TestSeedingAndStats:
             state = json.dumps({"device_id": f"tab-{n}", "content": content})
             await lab.db.execute(
                 "INSERT INTO shadow (device_id, state, report_seq, first_seen, last_seen) "
-                "VALUES (?, ?, 1, ?, ?)", (f"tab-{n}", state, now, now),
+                "VALUES (?, ?, 1, ?, ?)",
+                (f"tab-{n}", state, now, now),
             )
         stats = await lab.service.stats()
         [row] = stats["items"]
         assert row["tablets_holding"] == 2 and row["complete"] and row["pinned"]
-        assert os.path.exists(lab.service.paths.object(item["sha256"]))
+        assert lab.service.paths.object(item["sha256"]).read_bytes() == good

@@ -33,13 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def blob(size: int, seed: int) -> bytes:
-    return b"".join(
-        hashlib.sha256(f"{seed}-{i}".encode()).digest() for i in range(size // 32 + 1)
-    )[:size]
+    return b"".join(hashlib.sha256(f"{seed}-{i}".encode()).digest() for i in range(size // 32 + 1))[
+        :size
+    ]
 
 
-def write_config(tmp_path: Path, school_port: int, academy_port: int, manifest_url: str,
-                 key_id: str) -> tuple[Path, int]:
+def write_config(
+    tmp_path: Path, school_port: int, academy_port: int, manifest_url: str, key_id: str
+) -> tuple[Path, int]:
     http_port = free_port()
     path = tmp_path / "gateway.toml"
     path.write_text(
@@ -47,7 +48,7 @@ def write_config(tmp_path: Path, school_port: int, academy_port: int, manifest_u
 [gateway]
 school_id = "school-test"
 gateway_id = "gw-test"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 
 [school_broker]
 host = "127.0.0.1"
@@ -74,8 +75,15 @@ manifest_url = "{manifest_url}"
 
 async def start_gateway(config: Path, http_port: int) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config),
-        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     async with aiohttp.ClientSession() as session:
 
@@ -107,13 +115,27 @@ class TestKilledMidDownload:
         sha = hashlib.sha256(data).hexdigest()
         async with Origin(rate_bytes_per_s=MB) as origin:
             url = origin.add("os.img", data)
-            manifest = {"type": "cache_manifest", "serial": 1, "issued_at": time.time(),
-                        "items": [{"sha256": sha, "size": len(data), "urls": [url],
-                                   "name": "os.img", "kind": "os"}]}
+            manifest = {
+                "type": "cache_manifest",
+                "serial": 1,
+                "issued_at": time.time(),
+                "items": [
+                    {
+                        "sha256": sha,
+                        "size": len(data),
+                        "urls": [url],
+                        "name": "os.img",
+                        "kind": "os",
+                    }
+                ],
+            }
             origin.add("manifest.json", sign_manifest(manifest, private, key_id))
             config, http_port = write_config(
-                tmp_path, school_broker.port, academy_broker.port,
-                origin.url("manifest.json"), key_id,
+                tmp_path,
+                school_broker.port,
+                academy_broker.port,
+                origin.url("manifest.json"),
+                key_id,
             )
             content_url = f"http://127.0.0.1:{http_port}/content/{sha}"
             partial = tmp_path / "state" / "cache" / "partial" / sha
@@ -143,7 +165,7 @@ class TestKilledMidDownload:
                 with pytest.raises(aiohttp.ClientPayloadError):
                     await first  # the tablet saw its download cut, not a short "complete" file
                 held = partial.stat().st_size
-                sent_before_restart = origin.bytes_sent
+                sent_before_restart = origin.sent_by_name["os.img"]
 
                 origin.rate_bytes_per_s = 4 * MB
                 gateway = await start_gateway(config, http_port)
@@ -157,7 +179,7 @@ class TestKilledMidDownload:
             assert item_requests[0].range is None
             resumed_from = int(item_requests[-1].range.removeprefix("bytes=").rstrip("-"))
             assert resumed_from == held > MB
-            assert origin.bytes_sent - sent_before_restart == len(data) - held
+            assert origin.sent_by_name["os.img"] - sent_before_restart == len(data) - held
             assert (tmp_path / "state" / "cache" / "objects" / sha).exists()
             assert not partial.exists()
 
@@ -174,11 +196,16 @@ class TestImportCommand:
         sha = hashlib.sha256(data).hexdigest()
         async with Origin() as origin:
             url = origin.add("lesson.pdf", data)
-            manifest = {"type": "cache_manifest", "serial": 1, "issued_at": time.time(),
-                        "items": [{"sha256": sha, "size": len(data), "urls": [url]}]}
+            manifest = {
+                "type": "cache_manifest",
+                "serial": 1,
+                "issued_at": time.time(),
+                "items": [{"sha256": sha, "size": len(data), "urls": [url]}],
+            }
             origin.add("manifest.json", sign_manifest(manifest, private, key_id))
-            config, _ = write_config(tmp_path, free_port(), free_port(),
-                                     origin.url("manifest.json"), key_id)
+            config, _ = write_config(
+                tmp_path, free_port(), free_port(), origin.url("manifest.json"), key_id
+            )
             # Store the manifest as a running gateway would have (through the service).
             from gateway.cache.service import CacheService
             from gateway.config import load_config
@@ -195,8 +222,17 @@ class TestImportCommand:
         usb.mkdir()
         (usb / "lesson.pdf").write_bytes(data)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "cache", "import", str(usb), "--config", str(config),
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "gateway",
+            "cache",
+            "import",
+            str(usb),
+            "--config",
+            str(config),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await process.communicate()
         assert process.returncode == 0, err.decode()

@@ -146,8 +146,12 @@ class TestEviction:
 
     def admit(self, size, used=300, quota=400, free=10_000, floor=0):
         return plan_admission(
-            size, self.residents, used_bytes=used, quota_bytes=quota,
-            free_bytes=free, min_free_bytes=floor,
+            size,
+            self.residents,
+            used_bytes=used,
+            quota_bytes=quota,
+            free_bytes=free,
+            min_free_bytes=floor,
         )
 
     def test_fits_without_eviction(self):
@@ -182,8 +186,14 @@ def _body(**overrides):
         "serial": 3,
         "issued_at": 1_764_000_000,
         "items": [
-            {"sha256": SHA, "size": 1, "urls": ["http://o/x"], "name": "x.apk", "kind": "apk",
-             "version": "1.0"}
+            {
+                "sha256": SHA,
+                "size": 1,
+                "urls": ["http://o/x"],
+                "name": "x.apk",
+                "kind": "apk",
+                "version": "1.0",
+            }
         ],
     }
     body.update(overrides)

@@ -9,7 +9,8 @@ through aiohttp. The knobs model a bad uplink:
 - ``corrupt``: one byte in the middle of every blob is flipped as it is sent;
 - ``stop()`` / ``start()``: unreachable, then back on the same port.
 
-What was asked is kept in ``requests`` (a bounded deque) and ``bytes_sent``.
+What was asked is kept in ``requests`` (a bounded deque), ``bytes_sent`` and
+``sent_by_name``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Origin:
         self.blobs: dict[str, bytes] = {}
         self.corrupt = False
         self.bytes_sent = 0
+        self.sent_by_name: collections.Counter[str] = collections.Counter()
         self.requests: collections.deque[OriginRequest] = collections.deque(maxlen=10_000)
         self._bucket = TokenBucket(rate_bytes_per_s, burst=CHUNK, now=time.monotonic())
         self._cuts: list[int] = []
@@ -140,6 +142,7 @@ class Origin:
             except ConnectionError:
                 return response
             self.bytes_sent += len(chunk)
+            self.sent_by_name[name] += len(chunk)
             offset = stop
         await response.write_eof()
         return response
