@@ -1,7 +1,7 @@
 """The gateway daemon: wires the flows together under one TaskGroup.
 
 Services (each a named task): the school broker link, the academy broker
-link, state ingest, and the LAN HTTP server. ``stop()`` shuts down in order:
+link, state ingest, the update cache, and the LAN HTTP server. ``stop()`` shuts down in order:
 publish offline status on both brokers, cancel the services, close the store.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway import __version__, topics
 from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
+from gateway.cache.service import CacheService
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.metrics import Counters
@@ -84,6 +85,7 @@ class Gateway:
             self.counters,
         )
         self._ingest: StateIngest | None = None
+        self.cache: CacheService | None = None
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -119,13 +121,16 @@ class Gateway:
                 max_report_bytes=self.config.tablets.max_report_bytes,
                 on_stored=lambda _reports: drain.notify(),
             )
+            self.cache = cache = CacheService(self.config, db, self.counters)
+            await cache.open()
             http_started = asyncio.Event()
-            web_app = build_app(self.status, admin_token)
+            web_app = build_app(self.status, admin_token, cache)
             services: dict[str, Coroutine[Any, Any, None]] = {
                 "school-broker": self.school_link.run(),
                 "academy-broker": self.academy_link.run(),
                 "state-ingest": self._ingest.run(),
                 "outbox-drain": drain.run(),
+                "cache": cache.run(),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -137,6 +142,7 @@ class Gateway:
                 tasks = [group.create_task(coro, name=name) for name, coro in services.items()]
                 group.create_task(self._stop_when_asked(tasks), name="shutdown")
                 await http_started.wait()
+                await cache.running.wait()
                 self.ready.set()
                 log.info("gateway %s of school %s is up", g.gateway_id, g.school_id)
         finally:
@@ -175,5 +181,6 @@ class Gateway:
             },
             "tablets": {"known": known, "online": online},
             "outbox": await outbox.backlog(self._db) if self._db else {},
+            "cache": await self.cache.stats() if self.cache and self._db else {},
             "counters": self.counters.snapshot(),
         }

@@ -6,6 +6,7 @@
     sim               simulated tablets against a broker
     mosquitto-config  write the school broker's config from the gateway config
     enroll            enrollment tokens, enrolled tablets, revocation (gateway.security.cli)
+    cache import DIR  seed the update cache from a folder (USB drive), verifying hashes
 
 Each flow adds its own commands through a ``register(subparsers)`` function.
 """
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     mosquitto.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     mosquitto.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
     mosquitto.set_defaults(handler=_cmd_mosquitto_config)
+
+    from gateway.cache.cli import register as register_cache
+
+    register_cache(commands, DEFAULT_CONFIG)
 
     from gateway.sim.run import add_sim_arguments
 

@@ -110,6 +110,18 @@ class CacheSection:
     min_free_bytes: int = field(default=1_000_000_000, metadata={"min": 0})
     prefetch_bytes_per_s: int = field(default=500_000, metadata={"min": 1_000})
     offpeak_windows: tuple[str, ...] = ("22:00-06:00",)
+    # Shared uplink budget of every cache download; 0 = no limit.
+    uplink_bytes_per_s: int = field(default=0, metadata={"min": 0})
+    # Signed manifest fetched from here ("" = only delivered by command).
+    manifest_url: str = ""
+    manifest_refresh_s: float = field(default=3600.0, metadata={"min": 1})
+    origin_connect_timeout_s: float = field(default=10.0, metadata={"min": 0.1})
+    origin_read_timeout_s: float = field(default=30.0, metadata={"min": 0.1})
+    # A download with no progress for this long fails (its partial file stays).
+    origin_give_up_s: float = field(default=120.0, metadata={"min": 0})
+    # How long a tablet's request waits for the origin to answer before a 503.
+    origin_wait_s: float = field(default=10.0, metadata={"min": 0.1})
+    retry_after_s: int = field(default=30, metadata={"min": 1})
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,21 @@
 
 Starts two real Mosquitto brokers (the school's and a stand-in for the
 academy's), the gateway, N simulated tablets and an academy-side listener,
-then shows what flows. Logs go to ``demo.log`` in the work directory so the
-terminal stays readable. Ctrl-C (or --duration) stops everything in order and
-prints ``demo summary: {...}`` as the last line.
+then shows what flows. The update cache is shown too: a lab origin at
+4 MB/s holds an 8 MB app named in a signed manifest, and a few tablets
+fetch it at once through the gateway (one upstream download serves them).
+Logs go to ``demo.log`` in the work directory so the terminal stays readable.
+Ctrl-C (or --duration) stops everything in order and prints
+``demo summary: {...}`` as the last line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -22,11 +27,17 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
+from gateway.cache.manifest import sign_manifest
 from gateway.config import Config, config_from_mapping
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
+from gateway.lab.origin import Origin
 from gateway.lab.waiting import wait_until
 from gateway.sim.fleet import Fleet, FleetSettings
 
@@ -45,7 +56,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def demo_config(workdir: Path, school_port: int, academy_port: int) -> Config:
+CACHE_ITEM_BYTES = 8 * 1024 * 1024
+CACHE_FETCHERS = 5
+
+
+def demo_config(workdir: Path, school_port: int, academy_port: int, key_id: str = "") -> Config:
     return config_from_mapping(
         {
             "gateway": {
@@ -58,14 +73,69 @@ def demo_config(workdir: Path, school_port: int, academy_port: int) -> Config:
             "academy_broker": {"host": "127.0.0.1", "port": academy_port},
             "http": {"host": "127.0.0.1", "port": free_port()},
             "uplink": {"summary_interval_s": 10.0},
+            "cache": {"offpeak_windows": []},
+            "commands": {"academy_keys": {key_id: key_id} if key_id else {}},
         }
     )
+
+
+class CacheShow:
+    """An origin with one app and a few tablets fetching it through the gateway."""
+
+    def __init__(self) -> None:
+        self.private = Ed25519PrivateKey.generate()
+        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.key_id = base64.b64encode(raw).decode()
+        self.origin = Origin(rate_bytes_per_s=4 * 1024 * 1024)
+        self.fetched_ok = 0
+        self.fetch_failed = 0
+
+    async def run(self, gateway: Gateway) -> None:
+        data = b"".join(
+            hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(CACHE_ITEM_BYTES // 32)
+        )
+        sha = hashlib.sha256(data).hexdigest()
+        item = {
+            "sha256": sha,
+            "size": len(data),
+            "urls": [self.origin.add("app.apk", data)],
+            "name": "classroom-2.5.1.apk",
+            "kind": "apk",
+            "version": "2.5.1",
+        }
+        body = {"type": "cache_manifest", "serial": 1, "issued_at": time.time(), "items": [item]}
+        assert gateway.cache is not None
+        await gateway.cache.apply_manifest(sign_manifest(body, self.private, self.key_id))
+        http = gateway.config.http
+        url = f"http://{http.host}:{http.port}/content/{sha}"
+        async with aiohttp.ClientSession() as session:
+
+            async def tablet() -> None:
+                try:
+                    async with session.get(url) as response:
+                        got = hashlib.sha256(await response.read()).hexdigest()
+                    if got == sha:
+                        self.fetched_ok += 1
+                    else:
+                        self.fetch_failed += 1
+                except aiohttp.ClientError:
+                    self.fetch_failed += 1
+
+            await asyncio.gather(*(tablet() for _ in range(CACHE_FETCHERS)))
 
 
 class DemoView:
     """Redraws a small panel (on a terminal) or prints a line every few seconds."""
 
-    def __init__(self, out: TextIO, gateway: Gateway, fleet: Fleet, listener: AcademyListener):
+    def __init__(
+        self,
+        out: TextIO,
+        gateway: Gateway,
+        fleet: Fleet,
+        listener: AcademyListener,
+        cache: CacheShow | None = None,
+    ):
+        self.cache = cache
         self.out = out
         self.gateway = gateway
         self.fleet = fleet
@@ -86,6 +156,11 @@ class DemoView:
             "state_relayed_upstream": up_state,
             "academy_messages": self.listener.total,
             "academy_bytes": self.listener.total_bytes,
+            "cache_tablets_fetched_ok": self.cache.fetched_ok if self.cache else 0,
+            "cache_item_bytes": CACHE_ITEM_BYTES,
+            "cache_origin_bytes": c.get("cache_origin_bytes"),
+            "cache_lan_bytes_served": c.get("cache_lan_bytes_served"),
+            "cache_hash_mismatches": c.get("cache_hash_mismatches"),
         }
 
     def lines(self, duration: float | None) -> list[str]:
@@ -105,6 +180,9 @@ class DemoView:
             f"rejected {f['state_reports_rejected']}",
             f"  academy   {f['state_relayed_upstream']} state messages relayed, "
             f"{f['academy_messages']} messages / {f['academy_bytes'] / 1000:.1f} kB in all",
+            f"  cache     {f['cache_tablets_fetched_ok']}/{CACHE_FETCHERS} tablets got the "
+            f"{CACHE_ITEM_BYTES / 1e6:.1f} MB app; {f['cache_origin_bytes'] / 1e6:.1f} MB from the "
+            f"origin, {f['cache_lan_bytes_served'] / 1e6:.1f} MB served on the LAN",
         ]
 
     async def run(self, duration: float | None) -> None:
@@ -130,7 +208,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"demo: work directory {workdir} (logs in demo.log)", flush=True)
     school_port, academy_port = free_port(), free_port()
-    config = demo_config(workdir, school_port, academy_port)
+    cache_show = CacheShow()
+    config = demo_config(workdir, school_port, academy_port, cache_show.key_id)
     school_conf = render_mosquitto_config(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,7 +220,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             MosquittoProcess(workdir / "school-broker", school_conf, port=school_port) as school,
             MosquittoProcess(workdir / "academy-broker", STAND_IN_ACADEMY_CONFIG, academy_port),
         ):
-            summary = await _run_everything(args, config, school, academy_port, stop)
+            summary = await _run_everything(
+                args, config, school, academy_port, stop, cache_show=cache_show
+            )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -157,6 +238,8 @@ async def _run_everything(
     school: MosquittoProcess,
     academy_port: int,
     stop: asyncio.Event,
+    *,
+    cache_show: CacheShow,
 ) -> dict[str, Any]:
     gateway = Gateway(config)
     listener = AcademyListener("127.0.0.1", academy_port)
@@ -165,12 +248,14 @@ async def _run_everything(
             host=school.host, port=school.port, tablets=args.tablets, interval_s=args.interval
         )
     )
-    view = DemoView(sys.stdout, gateway, fleet, listener)
+    view = DemoView(sys.stdout, gateway, fleet, listener, cache_show)
     gateway_task = asyncio.create_task(gateway.run(), name="gateway")
     listener_task = asyncio.create_task(listener.run(), name="academy-listener")
     await asyncio.wait_for(gateway.ready.wait(), 15)
     await asyncio.wait_for(listener.subscribed.wait(), 15)
     fleet_task = asyncio.create_task(fleet.run(), name="fleet")
+    await cache_show.origin.start()
+    cache_task = asyncio.create_task(cache_show.run(gateway), name="cache-show")
     view_task = asyncio.create_task(view.run(args.duration), name="view")
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.duration)
@@ -186,6 +271,11 @@ async def _run_everything(
         ),
         within_s=10,
     )
+    await wait_until(cache_task.done, within_s=30)
+    cache_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cache_task
+    await cache_show.origin.stop()
     view_task.cancel()
     gateway.stop()
     await asyncio.wait_for(gateway_task, 15)

@@ -6,6 +6,7 @@ GatewayError
 ├── BrokerError      an MQTT broker is unreachable or refused us
 ├── UplinkError      the academy link or the origin cannot be used right now
 ├── SecurityError    keys, certificates or enrollment tokens are unusable
+├── CacheError       the update cache cannot hold or complete an item (refused, corrupt)
 └── RejectedInput    a payload from a tablet, the academy or the network is invalid
 
 Library exceptions (aiomqtt.MqttError, sqlite3.Error, aiohttp.ClientError) are
@@ -37,6 +38,10 @@ class UplinkError(GatewayError):
 
 class SecurityError(GatewayError):
     """A key, certificate or token is missing, unreadable or too widely readable."""
+
+
+class CacheError(GatewayError):
+    """The update cache refused an item or a download failed its hash check."""
 
 
 class RejectedInput(GatewayError):

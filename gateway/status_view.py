@@ -71,11 +71,38 @@ def render_status(status: dict[str, Any]) -> str:
     if "tablets" in status:
         t = status["tablets"]
         lines.append(f"tablets: {t['known']} known, {t['online']} online")
-    for section in ("outbox", "commands", "cache", "health"):
+    for section in ("outbox", "commands", "health"):
         if section in status:
             lines.append(f"{section}: {status[section]}")
+    if status.get("cache"):
+        lines.extend(render_cache(status["cache"]))
     counters = status.get("counters", {})
     if counters:
         lines.append("counters:")
         lines.extend(f"  {name} = {value}" for name, value in counters.items())
     return "\n".join(lines)
+
+
+def render_cache(cache: dict[str, Any]) -> list[str]:
+    """The update cache: totals, then one line per item."""
+    mb = 1024 * 1024
+    hit = cache["hit_ratio"]
+    lines = [
+        f"cache: {cache['items_complete']}/{cache['items_known']} items cached "
+        f"({cache['items_pinned']} pinned), {cache['bytes_used'] / mb:.0f} of "
+        f"{cache['quota_bytes'] / mb:.0f} MB used; served {cache['lan_bytes_served'] / mb:.1f} MB "
+        f"on the LAN, {cache['origin_bytes'] / mb:.1f} MB from the origin, "
+        f"hit ratio {'-' if hit is None else f'{hit:.0%}'}, "
+        f"uplink saved {cache['uplink_bytes_saved'] / mb:.1f} MB, "
+        f"hash mismatches {cache['hash_mismatches']}"
+    ]
+    for d in cache["downloads"]:
+        lines.append(f"  downloading {d['sha256'][:12]} {d['received']}/{d['size']} bytes")
+    for item in cache["items"]:
+        state = "cached" if item["complete"] else "missing"
+        pin = "pinned" if item["pinned"] else "unpinned"
+        lines.append(
+            f"  {item['sha256'][:12]} {item['name'] or '-'} {item['version']} "
+            f"{item['size'] / mb:.1f} MB {state} {pin}, {item['tablets_holding']} tablets have it"
+        )
+    return lines

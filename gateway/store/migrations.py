@@ -38,6 +38,20 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX outbox_drain ON outbox (priority, seq);
     CREATE UNIQUE INDEX outbox_latest ON outbox (kind, dedup_key) WHERE dedup_key IS NOT NULL;
     """,
+    20: """
+    CREATE TABLE cache_items (
+        sha256      TEXT PRIMARY KEY,              -- lowercase hex; the file name on disk
+        size        INTEGER NOT NULL,
+        name        TEXT NOT NULL DEFAULT '',
+        kind        TEXT NOT NULL DEFAULT '',
+        version     TEXT NOT NULL DEFAULT '',
+        urls        TEXT NOT NULL DEFAULT '[]',    -- JSON list of origin URLs
+        pinned      INTEGER NOT NULL DEFAULT 0,    -- in the current manifest
+        complete    INTEGER NOT NULL DEFAULT 0,    -- on disk and its hash verified
+        last_access REAL NOT NULL DEFAULT 0,       -- for LRU eviction
+        added       REAL NOT NULL
+    );
+    """,
     30: """
     CREATE TABLE enrollment_token (
         token_hash TEXT PRIMARY KEY,        -- SHA-256 of the secret; the secret is never stored

@@ -1,4 +1,5 @@
-"""aiohttp application for the LAN: ``/api/*`` needs the admin bearer token."""
+"""aiohttp application for the LAN: ``/api/*`` needs the admin bearer token;
+``/content/*`` (the update cache, gateway.cache.http) is open to tablets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.cache.service import CacheService
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +42,17 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(await request.app[STATUS_PROVIDER]())
 
 
-def build_app(status: StatusProvider, admin_token: str) -> web.Application:
+def build_app(
+    status: StatusProvider, admin_token: str, cache: CacheService | None = None
+) -> web.Application:
     app = web.Application(middlewares=[require_admin_token], client_max_size=64 * 1024)
     app[STATUS_PROVIDER] = status
     app[ADMIN_TOKEN] = admin_token
     app.router.add_get("/api/status", _status)
+    if cache is not None:
+        from gateway.cache.http import add_content_routes
+
+        add_content_routes(app, cache)
     return app
 
 
