@@ -209,7 +209,12 @@ def describe(message: dict[str, Any]) -> str:
     return f"{kind:<9} {head}"
 
 
-async def watch(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+async def watch(
+    args: argparse.Namespace,
+    out: Callable[[str], None] = print,
+    subscribed: asyncio.Event | None = None,
+) -> int:
+    """Print what comes back; with --until-complete return 0 once it is complete."""
     host, port = _broker(args.broker)
     decode = upstream_decoder()
     seen: set[tuple[str, int]] = set()
@@ -219,6 +224,8 @@ async def watch(args: argparse.Namespace, out: Callable[[str], None] = print) ->
         async with aiomqtt.Client(host, port, timeout=10) as client:
             for kind in ("result", "rejection"):
                 await client.subscribe(f"schools/{args.school}/gateways/+/up/{kind}", qos=1)
+            if subscribed is not None:
+                subscribed.set()
             async with contextlib.AsyncExitStack() as stack:
                 if deadline is not None:
                     await stack.enter_async_context(asyncio.timeout_at(deadline))

@@ -165,8 +165,9 @@ class CommandDelivery:
             if next_expiry is not None:
                 timeout = min(timeout, max(0.0, next_expiry - self._clock()) + 0.01)
             self._deadlines_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deadlines_changed.wait(), timeout)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see results.py
+                async with asyncio.timeout(timeout):
+                    await self._deadlines_changed.wait()
 
     async def _expire_and_prune(self, now: float) -> None:
         async with self._db.transaction() as conn:

@@ -144,6 +144,7 @@ class GatewayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.starts += 1
         self._reader = asyncio.create_task(self._read(self._process), name="gateway-output")

@@ -83,8 +83,11 @@ class CommandResults:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a
+            # cancellation that races with a message arriving (shutdown hangs).
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
             except TimeoutError:
                 break
         return batch
