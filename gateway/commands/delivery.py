@@ -5,10 +5,10 @@ here by the school-message router as they arrive (``presence``), and from the
 shadow at start-up. Something to publish is signalled by waking devices:
 
 - a new command wakes its targets: their *pending* deliveries are published;
-- a tablet coming online (and every (re)connect of the school link, and
-  start-up) wakes its *pending and sent* deliveries: what it may have missed
-  is published again, in acceptance order; the tablet deduplicates by
-  command id (delivery is at-least-once);
+- a tablet coming online (and, for every tablet online, each (re)connect of
+  the school link, start-up included) wakes its *pending and sent*
+  deliveries: what it may have missed is published again, in acceptance
+  order; the tablet deduplicates by command id (delivery is at-least-once);
 - a delivery sent ``redeliver_after_s`` ago and still unanswered is published
   again if the tablet is online.
 
@@ -82,9 +82,15 @@ class CommandDelivery:
             self._online.setdefault(row[0], True)
 
     def presence(self, device_id: str, online: bool) -> None:
-        """A tablet's birth or last will arrived (called as it arrives, before storage)."""
+        """A tablet's birth or last will arrived (called as it arrives, before storage).
+
+        Only a change to online wakes the tablet: the retained births that
+        every (re)subscribe brings again are covered by the full sweep that
+        follows each connect of the school link.
+        """
+        was_online = self._online.get(device_id, False)
         self._online[device_id] = online
-        if online:
+        if online and not was_online:
             self._wake(self._again, [device_id])
 
     def command_accepted(self, devices: Sequence[str]) -> None:

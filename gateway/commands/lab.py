@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,44 +71,78 @@ class AcademySigner:
         return json.loads(payload)["command_id"], sign_envelope(self.key, self.key_id, payload)
 
 
+class AcademyView:
+    """What the academy learned, read incrementally from a listener.
+
+    Each call reads only the messages that arrived since the last one, so
+    tests can poll it cheaply while a thousand results stream in.
+    """
+
+    def __init__(self, listener: AcademyListener) -> None:
+        self._listener = listener
+        self._read = 0
+        self._decode = upstream_decoder()
+        self._seen: set[tuple[str, int]] = set()
+        self.messages: list[dict[str, Any]] = []  # distinct, in arrival order
+        self.results: dict[str, dict[str, str]] = {}  # command -> device -> status
+        self.progress: dict[str, tuple[int, dict[str, Any]]] = {}  # command -> (seq, body)
+
+    def refresh(self) -> AcademyView:
+        received = list(itertools.islice(self._listener.messages, self._read, None))
+        self._read += len(received)
+        for item in received:
+            if "/up/" not in item.topic:
+                continue
+            for message in self._decode(item.payload):
+                key = (message["gateway_id"], message["seq"])
+                if key in self._seen:
+                    continue  # a redelivery: the academy drops it
+                self._seen.add(key)
+                self.messages.append(message)
+                self._index(message)
+        return self
+
+    def _index(self, message: dict[str, Any]) -> None:
+        body = message["body"]
+        if message["kind"] != "result":
+            return
+        command_id = body["command_id"]
+        if body.get("type") == "delivery":
+            statuses = self.results.setdefault(command_id, {})
+            if statuses.get(body["device_id"]) not in ("done", "failed"):
+                statuses[body["device_id"]] = body["status"]
+        elif body.get("type") == "progress":
+            seq = int(message["seq"])
+            if seq > self.progress.get(command_id, (-1, {}))[0]:
+                self.progress[command_id] = (seq, body)
+
+
+_views: weakref.WeakKeyDictionary[AcademyListener, AcademyView] = weakref.WeakKeyDictionary()
+
+
+def academy_view(listener: AcademyListener) -> AcademyView:
+    """The (cached, refreshed) view of what ``listener`` received."""
+    view = _views.get(listener)
+    if view is None:
+        view = _views[listener] = AcademyView(listener)
+    return view.refresh()
+
+
 def upstream(listener: AcademyListener, kind: str | None = None) -> list[dict[str, Any]]:
     """Every distinct upstream message the listener holds (dedup by gateway id and seq)."""
-    decode = upstream_decoder()
-    seen: set[tuple[str, int]] = set()
-    found = []
-    for received in list(listener.messages):
-        if "/up/" not in received.topic:
-            continue
-        for message in decode(received.payload):
-            key = (message["gateway_id"], message["seq"])
-            if key in seen or (kind is not None and message["kind"] != kind):
-                continue
-            seen.add(key)
-            found.append(message)
-    return found
+    messages = academy_view(listener).messages
+    return [m for m in messages if kind is None or m["kind"] == kind]
 
 
 def results_for(listener: AcademyListener, command_id: str) -> dict[str, str]:
-    """device id -> last status the academy received for ``command_id``."""
-    final: dict[str, str] = {}
-    for message in upstream(listener, "result"):
-        body = message["body"]
-        if body.get("type") == "delivery" and body["command_id"] == command_id:
-            if final.get(body["device_id"]) in ("done", "failed"):
-                continue
-            final[body["device_id"]] = body["status"]
-    return final
+    """device id -> final (or latest) status the academy received for ``command_id``."""
+    return dict(academy_view(listener).results.get(command_id, {}))
 
 
 def latest_progress(listener: AcademyListener, command_id: str) -> dict[str, Any] | None:
     """The newest progress of ``command_id`` the academy received (highest seq)."""
-    found = [
-        m
-        for m in upstream(listener, "result")
-        if m["body"].get("type") == "progress" and m["body"]["command_id"] == command_id
-    ]
-    newest = max(found, key=lambda m: int(m["seq"]), default=None)
-    return None if newest is None else dict(newest["body"])
+    found = academy_view(listener).progress.get(command_id)
+    return None if found is None else dict(found[1])
 
 
 def rejections(listener: AcademyListener) -> list[dict[str, Any]]:
