@@ -21,6 +21,7 @@ from gateway.commands.lab import (
 from gateway.lab.waiting import wait_until
 from gateway.sim.commands import SimulatedCommands
 from gateway.sim.fleet import Fleet, FleetSettings
+from gateway.status_view import render_status, stored_status
 from gateway.topics import academy_commands
 
 SCHOOL = "school-test"
@@ -118,6 +119,10 @@ class TestCommandReachesTablets:
             recent = {c["command_id"]: c for c in status["commands"]["recent"]}
             assert recent[lock_id]["done"] == 30
             assert recent[ask_id]["targets"] == 1
+            shown = render_status({**status, "running": True})
+            assert f"{lock_id} lock: 30 targets, 30 delivered, 30 done, 0 failed" in shown
+            stored = await stored_status(gateway.config.gateway.state_dir, "stopped")
+            assert f"{lock_id} lock: 30 targets" in render_status(stored)
 
     async def test_install_app_answers_received_then_done(
         self, start_gateway, school_broker, academy_broker, academy_listener
