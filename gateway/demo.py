@@ -2,8 +2,10 @@
 
 Starts two real Mosquitto brokers (the school's and a stand-in for the
 academy's), the gateway, N simulated tablets and an academy-side listener,
-then shows what flows. Logs go to ``demo.log`` in the work directory so the
-terminal stays readable. Ctrl-C (or --duration) stops everything in order and
+then shows what flows. Once the tablets are known, the academy sends two
+signed commands (lock classroom class-01, install an app on every tablet)
+and the view shows their progress as results come back. Logs go to
+``demo.log`` in the work directory so the terminal stays readable. Ctrl-C (or --duration) stops everything in order and
 prints ``demo summary: {...}`` as the last line.
 """
 
@@ -22,12 +24,17 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiomqtt
+
+from gateway import topics
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
+from gateway.commands.lab import AcademySigner, academy_view
 from gateway.config import Config, config_from_mapping
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 from gateway.lab.waiting import wait_until
+from gateway.sim.commands import SimulatedCommands
 from gateway.sim.fleet import Fleet, FleetSettings
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,20 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def demo_config(workdir: Path, school_port: int, academy_port: int) -> Config:
+DEMO_COMMANDS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    ("lock class-01", "lock", {"group": "class-01"}, {}),
+    (
+        "install org.example.maths",
+        "install_app",
+        {"all": True},
+        {"package": "org.example.maths", "version": "1.2.0", "sha256": "5e" * 32},
+    ),
+]
+
+
+def demo_config(
+    workdir: Path, school_port: int, academy_port: int, academy_keys: dict[str, str] | None = None
+) -> Config:
     return config_from_mapping(
         {
             "gateway": {
@@ -57,6 +77,7 @@ def demo_config(workdir: Path, school_port: int, academy_port: int) -> Config:
             "academy_broker": {"host": "127.0.0.1", "port": academy_port},
             "http": {"host": "127.0.0.1", "port": free_port()},
             "uplink": {"summary_interval_s": 10.0},
+            "commands": {"academy_keys": academy_keys or {}},
         }
     )
 
@@ -71,6 +92,7 @@ class DemoView:
         self.listener = listener
         self.started = time.monotonic()
         self.interactive = out.isatty()
+        self.commands: list[tuple[str, str]] = []  # (label, command id) sent by the academy
 
     def figures(self) -> dict[str, Any]:
         c = self.gateway.counters
@@ -85,7 +107,19 @@ class DemoView:
             "state_relayed_upstream": up_state,
             "academy_messages": self.listener.total,
             "academy_bytes": self.listener.total_bytes,
+            "commands": self.command_progress(),
         }
+
+    def command_progress(self) -> dict[str, dict[str, Any]]:
+        """label -> the latest progress the academy received for that command."""
+        view = academy_view(self.listener)
+        progress = {}
+        for label, command_id in self.commands:
+            body = view.progress.get(command_id, (0, {}))[1]
+            progress[label] = {
+                k: body.get(k, 0) for k in ("targets", "delivered", "done", "failed", "expired")
+            }
+        return progress
 
     def lines(self, duration: float | None) -> list[str]:
         f = self.figures()
@@ -104,6 +138,10 @@ class DemoView:
             f"rejected {f['state_reports_rejected']}",
             f"  academy   {f['state_relayed_upstream']} state messages relayed, "
             f"{f['academy_messages']} messages / {f['academy_bytes'] / 1000:.1f} kB in all",
+        ] + [
+            f"  command   {label}: {p['targets']} targets, {p['delivered']} delivered, "
+            f"{p['done']} done, {p['failed']} failed, {p['expired']} expired"
+            for label, p in f["commands"].items()
         ]
 
     async def run(self, duration: float | None) -> None:
@@ -129,7 +167,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"demo: work directory {workdir} (logs in demo.log)", flush=True)
     school_port, academy_port = free_port(), free_port()
-    config = demo_config(workdir, school_port, academy_port)
+    signer = AcademySigner(SCHOOL_ID, key_id="academy-demo")
+    config = demo_config(workdir, school_port, academy_port, signer.config_keys())
     school_conf = render_mosquitto_config(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,7 +179,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             MosquittoProcess(workdir / "school-broker", school_conf, port=school_port) as school,
             MosquittoProcess(workdir / "academy-broker", STAND_IN_ACADEMY_CONFIG, academy_port),
         ):
-            summary = await _run_everything(args, config, school, academy_port, stop)
+            summary = await _run_everything(args, config, school, academy_port, stop, signer=signer)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -156,13 +195,16 @@ async def _run_everything(
     school: MosquittoProcess,
     academy_port: int,
     stop: asyncio.Event,
+    *,
+    signer: AcademySigner,
 ) -> dict[str, Any]:
     gateway = Gateway(config)
     listener = AcademyListener("127.0.0.1", academy_port)
     fleet = Fleet(
         FleetSettings(
             host=school.host, port=school.port, tablets=args.tablets, interval_s=args.interval
-        )
+        ),
+        on_command=SimulatedCommands(),
     )
     view = DemoView(sys.stdout, gateway, fleet, listener)
     gateway_task = asyncio.create_task(gateway.run(), name="gateway")
@@ -171,6 +213,9 @@ async def _run_everything(
     await asyncio.wait_for(listener.subscribed.wait(), 15)
     fleet_task = asyncio.create_task(fleet.run(), name="fleet")
     view_task = asyncio.create_task(view.run(args.duration), name="view")
+    commands_task = asyncio.create_task(
+        _send_demo_commands(gateway, view, signer, academy_port, args.tablets), name="commands"
+    )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.duration)
     fleet_task.cancel()
@@ -185,13 +230,37 @@ async def _run_everything(
         ),
         within_s=10,
     )
+    await wait_until(
+        lambda: all(
+            p["done"] + p["failed"] + p["expired"] >= p["targets"] > 0
+            for p in view.command_progress().values()
+        ),
+        within_s=10,
+    )
+    commands_task.cancel()
     view_task.cancel()
     gateway.stop()
     await asyncio.wait_for(gateway_task, 15)
     listener_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await listener_task
+    with contextlib.suppress(asyncio.CancelledError):
+        await commands_task
     figures = view.figures()
     figures.pop("tablets_connected")
     figures["duration_s"] = round(time.monotonic() - view.started, 1)
     return figures
+
+
+async def _send_demo_commands(
+    gateway: Gateway, view: DemoView, signer: AcademySigner, academy_port: int, tablets: int
+) -> None:
+    """Once every tablet is known, the academy sends the demo's signed commands."""
+    counters = gateway.counters
+    await wait_until(lambda: counters.get("state_reports_stored") >= tablets, within_s=60)
+    async with aiomqtt.Client("127.0.0.1", academy_port, identifier="demo-academy") as academy:
+        for label, action, targets, params in DEMO_COMMANDS:
+            command_id, envelope = signer.envelope(action, targets=targets, params=params)
+            await academy.publish(topics.academy_commands(SCHOOL_ID), envelope, qos=1)
+            view.commands.append((label, command_id))
+            log.info("academy sent %s (%s)", command_id, label)
