@@ -5,8 +5,9 @@ academy's), the gateway, N simulated tablets and an academy-side listener,
 then shows what flows. Once the tablets are known, the academy sends two
 signed commands (lock classroom class-01, install an app on every tablet)
 and the view shows their progress as results come back. Logs go to
-``demo.log`` in the work directory so the terminal stays readable. Ctrl-C (or --duration) stops everything in order and
-prints ``demo summary: {...}`` as the last line.
+``demo.log`` in the work directory so the terminal stays readable. Ctrl-C
+(or --duration) stops everything in order and prints ``demo summary: {...}``
+as the last line.
 """
 
 from __future__ import annotations
