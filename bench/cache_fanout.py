@@ -73,7 +73,7 @@ async def running_gateway(
     state = workdir / "state"
     table = {
         "gateway": {"school_id": "bench", "gateway_id": "gw-bench", "state_dir": str(state)},
-        "school_broker": {"host": "127.0.0.1", "port": school_port},
+        "school_broker": {"host": "127.0.0.1", "port": school_port, "lab_plain_listener": True},
         "academy_broker": {"host": "127.0.0.1", "port": academy_port},
         "http": {"host": "127.0.0.1", "port": http_port},
     }
@@ -88,6 +88,7 @@ gateway_id = "gw-bench"
 state_dir = "{state}"
 [school_broker]
 port = {school_port}
+lab_plain_listener = true
 [academy_broker]
 host = "127.0.0.1"
 port = {academy_port}

@@ -1,7 +1,9 @@
 """The gateway daemon: wires the flows together under one TaskGroup.
 
 Services (each a named task): the school broker link, the academy broker
-link, state ingest, the update cache, and the LAN HTTP server. ``stop()`` shuts down in order:
+link, state ingest, the outbox drain, the command flow (intake of academy
+envelopes, delivery to tablets, expiry, tablet results), the update cache and
+the LAN HTTP server. ``stop()`` shuts down in order:
 publish offline status on both brokers, cancel the services, close the store.
 """
 
@@ -18,8 +20,13 @@ from typing import Any
 from gateway import __version__, topics
 from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
+from gateway.commands import queue as command_queue
+from gateway.commands.delivery import CommandDelivery
+from gateway.commands.envelope import VerifyPolicy, load_public_keys
+from gateway.commands.intake import CommandIntake
+from gateway.commands.results import CommandResults
 from gateway.config import Config
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, RejectedInput
 from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
@@ -27,6 +34,7 @@ from gateway.security.broker_files import load_identity, reload_broker, write_br
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
 from gateway.state.ingest import StateIngest
+from gateway.state.report import parse_presence
 from gateway.state.shadow import tablet_counts
 from gateway.store.database import Database
 from gateway.web.admin_token import load_or_create_admin_token
@@ -81,11 +89,17 @@ class Gateway:
                 keepalive_s=config.academy_broker.keepalive_s,
                 birth=Announcement(status_topic, _presence(True, g.gateway_id)),
                 will=Announcement(status_topic, _presence(False, g.gateway_id)),
+                subscriptions=((topics.academy_commands(g.school_id), 1),),
             ),
             self.counters,
+            on_message=self._route_academy_message,
         )
+        self._academy_keys = load_public_keys(config.commands.academy_keys)
         self._ingest: StateIngest | None = None
         self.cache: CacheService | None = None
+        self._intake: CommandIntake | None = None
+        self._delivery: CommandDelivery | None = None
+        self._results: CommandResults | None = None
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -123,6 +137,36 @@ class Gateway:
             )
             self.cache = cache = CacheService(self.config, db, self.counters)
             await cache.open()
+            self._delivery = delivery = CommandDelivery(
+                db,
+                self.school_link,
+                self.counters,
+                redeliver_after_s=self.config.commands.redeliver_after_s,
+                retention_s=self.config.commands.retention_s,
+                on_committed=drain.notify,
+                on_pruned=lambda ids: intake.forget(ids),  # noqa: PLW0108 (intake comes next)
+            )
+            c = self.config.commands
+            self._intake = intake = CommandIntake(
+                db,
+                self.counters,
+                self.academy_link.ack,
+                keys=self._academy_keys,
+                policy=VerifyPolicy(
+                    school_id=g.school_id,
+                    max_envelope_bytes=c.max_envelope_bytes,
+                    clock_skew_s=c.clock_skew_s,
+                    max_ttl_s=c.max_ttl_s,
+                ),
+                max_unfinished=c.max_unfinished_commands,
+                on_accepted=delivery.command_accepted,
+                on_committed=drain.notify,
+            )
+            self._results = results = CommandResults(
+                db, self.counters, self.school_link.ack, on_committed=drain.notify
+            )
+            await intake.load()
+            await delivery.load()
             http_started = asyncio.Event()
             web_app = build_app(self.status, admin_token, cache)
             services: dict[str, Coroutine[Any, Any, None]] = {
@@ -131,6 +175,10 @@ class Gateway:
                 "state-ingest": self._ingest.run(),
                 "outbox-drain": drain.run(),
                 "cache": cache.run(),
+                "command-intake": intake.run(),
+                "command-delivery": delivery.run_publisher(),
+                "command-expiry": delivery.run_expiry(),
+                "command-results": results.run(),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -159,12 +207,30 @@ class Gateway:
 
     async def _route_school_message(self, message: Inbound) -> None:
         topic = topics.parse_tablet_topic(message.topic)
+        if topic is not None and topic.channel == "status" and self._delivery and message.payload:
+            # Presence also drives command delivery, as it arrives (the shadow
+            # stores it too, through state ingest below).
+            try:
+                presence = parse_presence(topic.device_id, message.payload)
+            except RejectedInput:
+                pass  # state ingest rejects and counts it
+            else:
+                self._delivery.presence(presence.device_id, presence.online)
         if topic is not None and topic.channel in ("state", "status") and self._ingest:
             await self._ingest.accept(message)
             return
-        # Results are handled by the command flow; anything else is not ours.
+        if topic is not None and topic.channel == "results" and self._results:
+            await self._results.accept(message)
+            return
         self.counters.inc("school_messages_ignored")
         self.school_link.ack(message)
+
+    async def _route_academy_message(self, message: Inbound) -> None:
+        if message.topic == topics.academy_commands(self.config.gateway.school_id) and self._intake:
+            await self._intake.accept(message)
+            return
+        self.counters.inc("academy_messages_ignored")
+        self.academy_link.ack(message)
 
     async def status(self) -> dict[str, Any]:
         """What ``school-gateway status`` and the admin API show."""
@@ -182,5 +248,6 @@ class Gateway:
             "tablets": {"known": known, "online": online},
             "outbox": await outbox.backlog(self._db) if self._db else {},
             "cache": await self.cache.stats() if self.cache and self._db else {},
+            "commands": await command_queue.status_view(self._db) if self._db else {},
             "counters": self.counters.snapshot(),
         }

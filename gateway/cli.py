@@ -6,6 +6,7 @@
     sim               simulated tablets against a broker
     mosquitto-config  write the school broker's config from the gateway config
     enroll            enrollment tokens, enrolled tablets, revocation (gateway.security.cli)
+    academy           the academy's side: keys, signed commands, watch results
     cache import DIR  seed the update cache from a folder (USB drive), verifying hashes
 
 Each flow adds its own commands through a ``register(subparsers)`` function.
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run everything on loopback and show what flows")
     add_demo_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)
+
+    from gateway.academy.cli import register as register_academy
+
+    register_academy(commands)
     return parser
 
 

@@ -131,6 +131,10 @@ class CommandsSection:
     academy_keys: dict[str, str] = field(default_factory=dict)
     max_envelope_bytes: int = field(default=16_384, metadata={"min": 256})
     clock_skew_s: int = field(default=300, metadata={"min": 0})
+    max_ttl_s: int = field(default=30 * 86_400, metadata={"min": 60})
+    max_unfinished_commands: int = field(default=1_000, metadata={"min": 1})
+    redeliver_after_s: float = field(default=300.0, metadata={"min": 1})
+    retention_s: float = field(default=7 * 86_400.0, metadata={"min": 0})
 
 
 @dataclass(frozen=True)

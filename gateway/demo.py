@@ -2,19 +2,21 @@
 
 Starts two real Mosquitto brokers (the school's and a stand-in for the
 academy's), the gateway, N simulated tablets and an academy-side listener,
-then shows what flows. The update cache is shown too: a lab origin at
-4 MB/s holds an 8 MB app named in a signed manifest, and a few tablets
-fetch it at once through the gateway (one upstream download serves them).
-Logs go to ``demo.log`` in the work directory so the terminal stays readable.
-Ctrl-C (or --duration) stops everything in order and prints
-``demo summary: {...}`` as the last line.
+then shows what flows. Once the tablets are known, the academy sends two
+signed commands (lock classroom class-01, install the cached app on every
+tablet) and the view shows their progress as results come back. The update
+cache is shown too: a lab origin at 4 MB/s holds an 8 MB app named in a
+manifest signed with the same academy key, and a few tablets fetch it at
+once through the gateway (one upstream download serves them). Logs go to
+``demo.log`` in the work directory so the terminal stays readable. Ctrl-C
+(or --duration) stops everything in order and prints ``demo summary: {...}``
+as the last line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -28,17 +30,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+import aiomqtt
 
+from gateway import topics
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
 from gateway.cache.manifest import sign_manifest
+from gateway.commands.lab import AcademySigner, academy_view
 from gateway.config import Config, config_from_mapping
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 from gateway.lab.origin import Origin
 from gateway.lab.waiting import wait_until
+from gateway.sim.commands import SimulatedCommands
 from gateway.sim.fleet import Fleet, FleetSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +64,22 @@ CACHE_ITEM_BYTES = 8 * 1024 * 1024
 CACHE_FETCHERS = 5
 
 
-def demo_config(workdir: Path, school_port: int, academy_port: int, key_id: str = "") -> Config:
+def demo_commands(app_sha256: str) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """(label, action, targets, params) of the commands the demo's academy sends."""
+    return [
+        ("lock class-01", "lock", {"group": "class-01"}, {}),
+        (
+            "install classroom 2.5.1",
+            "install_app",
+            {"all": True},
+            {"package": "org.ent.classroom", "version": "2.5.1", "sha256": app_sha256},
+        ),
+    ]
+
+
+def demo_config(
+    workdir: Path, school_port: int, academy_port: int, academy_keys: dict[str, str] | None = None
+) -> Config:
     return config_from_mapping(
         {
             "gateway": {
@@ -74,7 +93,7 @@ def demo_config(workdir: Path, school_port: int, academy_port: int, key_id: str 
             "http": {"host": "127.0.0.1", "port": free_port()},
             "uplink": {"summary_interval_s": 10.0},
             "cache": {"offpeak_windows": []},
-            "commands": {"academy_keys": {key_id: key_id} if key_id else {}},
+            "commands": {"academy_keys": academy_keys or {}},
         }
     )
 
@@ -82,19 +101,19 @@ def demo_config(workdir: Path, school_port: int, academy_port: int, key_id: str 
 class CacheShow:
     """An origin with one app and a few tablets fetching it through the gateway."""
 
-    def __init__(self) -> None:
-        self.private = Ed25519PrivateKey.generate()
-        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.key_id = base64.b64encode(raw).decode()
+    def __init__(self, signer: AcademySigner) -> None:
+        self.private = signer.key
+        self.key_id = signer.key_id
+        self.data = b"".join(
+            hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(CACHE_ITEM_BYTES // 32)
+        )
+        self.sha256 = hashlib.sha256(self.data).hexdigest()
         self.origin = Origin(rate_bytes_per_s=4 * 1024 * 1024)
         self.fetched_ok = 0
         self.fetch_failed = 0
 
     async def run(self, gateway: Gateway) -> None:
-        data = b"".join(
-            hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(CACHE_ITEM_BYTES // 32)
-        )
-        sha = hashlib.sha256(data).hexdigest()
+        data, sha = self.data, self.sha256
         item = {
             "sha256": sha,
             "size": len(data),
@@ -142,6 +161,7 @@ class DemoView:
         self.listener = listener
         self.started = time.monotonic()
         self.interactive = out.isatty()
+        self.commands: list[tuple[str, str]] = []  # (label, command id) sent by the academy
 
     def figures(self) -> dict[str, Any]:
         c = self.gateway.counters
@@ -161,7 +181,19 @@ class DemoView:
             "cache_origin_bytes": c.get("cache_origin_bytes"),
             "cache_lan_bytes_served": c.get("cache_lan_bytes_served"),
             "cache_hash_mismatches": c.get("cache_hash_mismatches"),
+            "commands": self.command_progress(),
         }
+
+    def command_progress(self) -> dict[str, dict[str, Any]]:
+        """label -> the latest progress the academy received for that command."""
+        view = academy_view(self.listener)
+        progress = {}
+        for label, command_id in self.commands:
+            body = view.progress.get(command_id, (0, {}))[1]
+            progress[label] = {
+                k: body.get(k, 0) for k in ("targets", "delivered", "done", "failed", "expired")
+            }
+        return progress
 
     def lines(self, duration: float | None) -> list[str]:
         f = self.figures()
@@ -183,6 +215,10 @@ class DemoView:
             f"  cache     {f['cache_tablets_fetched_ok']}/{CACHE_FETCHERS} tablets got the "
             f"{CACHE_ITEM_BYTES / 1e6:.1f} MB app; {f['cache_origin_bytes'] / 1e6:.1f} MB from the "
             f"origin, {f['cache_lan_bytes_served'] / 1e6:.1f} MB served on the LAN",
+        ] + [
+            f"  command   {label}: {p['targets']} targets, {p['delivered']} delivered, "
+            f"{p['done']} done, {p['failed']} failed, {p['expired']} expired"
+            for label, p in f["commands"].items()
         ]
 
     async def run(self, duration: float | None) -> None:
@@ -208,8 +244,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"demo: work directory {workdir} (logs in demo.log)", flush=True)
     school_port, academy_port = free_port(), free_port()
-    cache_show = CacheShow()
-    config = demo_config(workdir, school_port, academy_port, cache_show.key_id)
+    signer = AcademySigner(SCHOOL_ID, key_id="academy-demo")
+    cache_show = CacheShow(signer)
+    config = demo_config(workdir, school_port, academy_port, signer.config_keys())
     school_conf = render_mosquitto_config(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -221,7 +258,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             MosquittoProcess(workdir / "academy-broker", STAND_IN_ACADEMY_CONFIG, academy_port),
         ):
             summary = await _run_everything(
-                args, config, school, academy_port, stop, cache_show=cache_show
+                args, config, school, academy_port, stop, cache_show=cache_show, signer=signer
             )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -240,13 +277,15 @@ async def _run_everything(
     stop: asyncio.Event,
     *,
     cache_show: CacheShow,
+    signer: AcademySigner,
 ) -> dict[str, Any]:
     gateway = Gateway(config)
     listener = AcademyListener("127.0.0.1", academy_port)
     fleet = Fleet(
         FleetSettings(
             host=school.host, port=school.port, tablets=args.tablets, interval_s=args.interval
-        )
+        ),
+        on_command=SimulatedCommands(),
     )
     view = DemoView(sys.stdout, gateway, fleet, listener, cache_show)
     gateway_task = asyncio.create_task(gateway.run(), name="gateway")
@@ -257,6 +296,17 @@ async def _run_everything(
     await cache_show.origin.start()
     cache_task = asyncio.create_task(cache_show.run(gateway), name="cache-show")
     view_task = asyncio.create_task(view.run(args.duration), name="view")
+    commands_task = asyncio.create_task(
+        _send_demo_commands(
+            gateway,
+            view,
+            signer=signer,
+            academy_port=academy_port,
+            tablets=args.tablets,
+            app_sha256=cache_show.sha256,
+        ),
+        name="commands",
+    )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.duration)
     fleet_task.cancel()
@@ -276,13 +326,43 @@ async def _run_everything(
     with contextlib.suppress(asyncio.CancelledError):
         await cache_task
     await cache_show.origin.stop()
+    await wait_until(
+        lambda: all(
+            p["done"] + p["failed"] + p["expired"] >= p["targets"] > 0
+            for p in view.command_progress().values()
+        ),
+        within_s=10,
+    )
+    commands_task.cancel()
     view_task.cancel()
     gateway.stop()
     await asyncio.wait_for(gateway_task, 15)
     listener_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await listener_task
+    with contextlib.suppress(asyncio.CancelledError):
+        await commands_task
     figures = view.figures()
     figures.pop("tablets_connected")
     figures["duration_s"] = round(time.monotonic() - view.started, 1)
     return figures
+
+
+async def _send_demo_commands(
+    gateway: Gateway,
+    view: DemoView,
+    *,
+    signer: AcademySigner,
+    academy_port: int,
+    tablets: int,
+    app_sha256: str,
+) -> None:
+    """Once every tablet is known, the academy sends the demo's signed commands."""
+    counters = gateway.counters
+    await wait_until(lambda: counters.get("state_reports_stored") >= tablets, within_s=60)
+    async with aiomqtt.Client("127.0.0.1", academy_port, identifier="demo-academy") as academy:
+        for label, action, targets, params in demo_commands(app_sha256):
+            command_id, envelope = signer.envelope(action, targets=targets, params=params)
+            await academy.publish(topics.academy_commands(SCHOOL_ID), envelope, qos=1)
+            view.commands.append((label, command_id))
+            log.info("academy sent %s (%s)", command_id, label)

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from gateway.app import DATABASE_FILE
+from gateway.commands.queue import status_view as command_status
 from gateway.config import load_config
 from gateway.errors import GatewayError
 from gateway.state.shadow import tablet_counts
@@ -45,10 +46,25 @@ async def stored_status(state_dir: Path, reason: str) -> dict[str, Any]:
     db = await Database.open(path)
     try:
         known, online = await tablet_counts(db)
+        result["commands"] = await command_status(db)
     finally:
         await db.close()
     result["tablets"] = {"known": known, "online": online}
     return result
+
+
+def _command_lines(commands: dict[str, Any]) -> list[str]:
+    lines = [
+        f"commands: {commands.get('on_record', 0)} on record, "
+        f"{commands.get('unfinished', 0)} waiting for tablets"
+    ]
+    for c in commands.get("recent", []):
+        lines.append(
+            f"  {c['command_id']} {c['action']}: {c['targets']} targets, "
+            f"{c['delivered']} delivered, {c['done']} done, {c['failed']} failed, "
+            f"{c['expired']} expired" + (" (complete)" if c["complete"] else "")
+        )
+    return lines
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -71,7 +87,9 @@ def render_status(status: dict[str, Any]) -> str:
     if "tablets" in status:
         t = status["tablets"]
         lines.append(f"tablets: {t['known']} known, {t['online']} online")
-    for section in ("outbox", "commands", "health"):
+    if "commands" in status:
+        lines.extend(_command_lines(status["commands"]))
+    for section in ("outbox", "health"):
         if section in status:
             lines.append(f"{section}: {status[section]}")
     if status.get("cache"):

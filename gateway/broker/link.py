@@ -143,6 +143,9 @@ class BrokerLink:
         # paho acknowledges QoS 1 messages when on_message returns unless told
         # otherwise; we acknowledge after commit instead.
         client._client.manual_ack_set(True)
+        # Many concurrent QoS 1 publishes (a command fan-out, an outbox batch) are
+        # normal here; aiomqtt would log a warning for each one past 10.
+        client.pending_calls_threshold = LOCAL_QUEUE_LIMIT
         async with client:
             self._connection += 1
             connection = self._connection

@@ -3,7 +3,10 @@
 One process plays up to thousands of tablets: every tablet is an aiomqtt
 client with a retained birth and last will on its status topic, publishes
 state reports (QoS 1) every ``interval_s`` (0 = as fast as the broker acks),
-and listens on its command topic. Connects are staggered through a
+and listens on its command topic (``on_command``, see gateway.sim.commands).
+With ``stay_online`` a tablet that sent its report quota keeps its session
+open, listening for commands, until told to ``leave()``; ``come_back()``
+readies it for another ``run()`` with the same persistent session. Connects are staggered through a
 semaphore so a thousand tablets do not stampede the broker.
 """
 
@@ -56,6 +59,7 @@ class FleetSettings:
     prefix: str = "tab"
     first_index: int = 0
     seed: int = 1
+    stay_online: bool = False
     # Enrolled tablets connect with TLS: device id -> its context (gateway.sim.enroll).
     tls: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
 
@@ -78,16 +82,34 @@ class SimulatedTablet:
         self._on_command = on_command
         self.reports_sent = 0
         self.done = asyncio.Event()
+        self.online = False
+        self._leave = asyncio.Event()
 
     @property
     def device_id(self) -> str:
         return self.model.device_id
 
+    def leave(self) -> None:
+        """Go offline cleanly (publishing the offline status), ending ``run()``."""
+        self._leave.set()
+
+    def come_back(self) -> None:
+        """Ready another ``run()``: a new session with a fresh report quota."""
+        self.done.clear()
+        self._leave.clear()
+        self.reports_sent = 0
+
+    def _finished(self) -> bool:
+        if self.settings.stay_online:
+            return self._leave.is_set()
+        return self.done.is_set()
+
     async def run(self) -> None:
-        """Stay connected (reconnecting on failure) until the report quota is sent."""
+        """Stay connected (reconnecting on failure) until the report quota is sent
+        (with ``stay_online``: until told to leave)."""
         attempt = 0
         status = topics.tablet_status(self.device_id)
-        while not self.done.is_set():
+        while not self._finished():
             client = aiomqtt.Client(
                 self.settings.host,
                 self.settings.port,
@@ -107,10 +129,14 @@ class SimulatedTablet:
                 attempt = 0
                 await client.publish(status, b'{"online":true}', qos=1, retain=True)
                 await client.subscribe(topics.tablet_commands(self.device_id), qos=1)
+                self.online = True
                 async with asyncio.TaskGroup() as group:
                     listener = group.create_task(self._listen(client), name="listen")
                     await self._report_loop(client)
+                    if self.settings.stay_online:
+                        await self._leave.wait()
                     listener.cancel()
+                self.online = False
                 await client.publish(status, b'{"online":false}', qos=1, retain=True)
             except aiomqtt.MqttError as exc:
                 self.stats.connect_failures += 1
@@ -118,6 +144,7 @@ class SimulatedTablet:
                 await asyncio.sleep(backoff_delay(attempt, cap_s=5.0))
                 attempt += 1
             finally:
+                self.online = False
                 if connected:
                     self.stats.connected -= 1
                     with contextlib.suppress(aiomqtt.MqttError):

@@ -80,8 +80,11 @@ class StateIngest:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races with a message arriving, hanging shutdown.
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
                 except TimeoutError:
                     break
             else:

@@ -38,6 +38,34 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX outbox_drain ON outbox (priority, seq);
     CREATE UNIQUE INDEX outbox_latest ON outbox (kind, dedup_key) WHERE dedup_key IS NOT NULL;
     """,
+    10: """
+    CREATE TABLE commands (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT, -- acceptance order = delivery order
+        command_id  TEXT NOT NULL UNIQUE,              -- the academy's id; replay protection
+        key_id      TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        issued_at   REAL NOT NULL,
+        not_after   REAL NOT NULL,
+        targets     TEXT NOT NULL,                     -- the signed target spec, JSON
+        payload     BLOB NOT NULL,                     -- the exact signed payload bytes
+        signature   BLOB NOT NULL,
+        payload_sha256 TEXT NOT NULL,
+        accepted_at REAL NOT NULL
+    );
+    CREATE TABLE deliveries (
+        device_id   TEXT NOT NULL,
+        command_seq INTEGER NOT NULL REFERENCES commands (seq) ON DELETE CASCADE,
+        state       TEXT NOT NULL DEFAULT 'pending',   -- see gateway/commands/progress.py
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_sent   REAL,
+        updated     REAL NOT NULL,
+        detail      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (device_id, command_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_by_command ON deliveries (command_seq, state);
+    CREATE INDEX deliveries_to_publish ON deliveries (device_id, command_seq)
+        WHERE state IN ('pending', 'sent');
+    """,
     20: """
     CREATE TABLE cache_items (
         sha256      TEXT PRIMARY KEY,              -- lowercase hex; the file name on disk
