@@ -21,7 +21,7 @@ from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
 from gateway.commands import queue as command_queue
 from gateway.commands.delivery import CommandDelivery
-from gateway.commands.envelope import VerifyPolicy, load_public_keys
+from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import Config
@@ -29,6 +29,7 @@ from gateway.errors import RejectedInput
 from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
+from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
 from gateway.state.report import parse_presence
 from gateway.state.shadow import tablet_counts
