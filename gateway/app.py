@@ -22,7 +22,7 @@ from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
 from gateway.commands import queue as command_queue
 from gateway.commands.delivery import CommandDelivery
-from gateway.commands.envelope import VerifyPolicy, load_public_keys
+from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import Config
@@ -33,6 +33,7 @@ from gateway.relay.drain import OutboxDrain
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
+from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
 from gateway.state.report import parse_presence
 from gateway.state.shadow import tablet_counts

@@ -11,8 +11,9 @@ import time
 from gateway.academy.cli import watch
 from gateway.academy.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from gateway.cli import main
-from gateway.commands.envelope import VerifyPolicy, load_public_keys, open_envelope
+from gateway.commands.envelope import VerifyPolicy, open_envelope
 from gateway.lab.waiting import wait_until
+from gateway.signed import load_public_keys
 from gateway.sim.commands import SimulatedCommands
 from gateway.sim.fleet import Fleet, FleetSettings
 

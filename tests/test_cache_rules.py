@@ -23,6 +23,7 @@ from gateway.cache.rules import (
     parse_sha256,
 )
 from gateway.errors import ConfigError, RejectedInput
+from gateway.signed import load_public_keys
 
 SHA = hashlib.sha256(b"x").hexdigest()
 
@@ -177,7 +178,7 @@ def _keys():
     private = Ed25519PrivateKey.generate()
     raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     key_id = base64.b64encode(raw).decode()
-    return private, key_id, {key_id: key_id}
+    return private, key_id, load_public_keys({key_id: key_id})
 
 
 def _body(**overrides):

@@ -31,10 +31,10 @@ from gateway.academy.signing import (
     load_private_key,
     new_command_id,
     parse_ttl,
-    sign_envelope,
 )
 from gateway.commands.actions import check_action
 from gateway.errors import BrokerError, ConfigError, RejectedInput
+from gateway.signed import sign_envelope
 
 Decoder = Callable[[bytes], list[dict[str, Any]]]
 

@@ -97,13 +97,3 @@ def build_payload(
         "params": params,
     }
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-
-
-def sign_envelope(key: Ed25519PrivateKey, key_id: str, payload: bytes) -> bytes:
-    """The envelope to publish on ``schools/<school>/commands``."""
-    envelope = {
-        "key_id": key_id,
-        "payload": base64.b64encode(payload).decode(),
-        "signature": base64.b64encode(key.sign(payload)).decode(),
-    }
-    return json.dumps(envelope, separators=(",", ":")).encode()

@@ -18,19 +18,17 @@ so a replayed old manifest cannot unpin current items.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.cache.rules import parse_sha256
 from gateway.errors import RejectedInput
+from gateway.signed import open_signed, sign_envelope
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_ITEMS = 10_000
@@ -61,36 +59,9 @@ class Manifest:
         return {item.sha256: item for item in self.items}
 
 
-def verify_envelope(data: bytes, academy_keys: Mapping[str, str]) -> bytes:
-    """The payload bytes of a correctly signed envelope, or RejectedInput."""
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise RejectedInput("too_large", f"manifest envelope over {MAX_MANIFEST_BYTES} bytes")
-    try:
-        envelope = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RejectedInput("not_json", f"manifest envelope is not JSON: {exc}") from exc
-    if not isinstance(envelope, dict):
-        raise RejectedInput("bad_field", "manifest envelope must be a JSON object")
-    fields = {}
-    for name in ("key_id", "payload", "signature"):
-        value = envelope.get(name)
-        if not isinstance(value, str):
-            raise RejectedInput("missing_field", f"envelope field {name!r} must be a string")
-        fields[name] = value
-    key_text = academy_keys.get(fields["key_id"])
-    if key_text is None:
-        raise RejectedInput("unknown_key", f"key {fields['key_id'][:64]!r} is not an academy key")
-    try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(key_text, validate=True))
-        payload = base64.b64decode(fields["payload"], validate=True)
-        signature = base64.b64decode(fields["signature"], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RejectedInput("bad_field", f"envelope is not valid base64: {exc}") from exc
-    try:
-        key.verify(signature, payload)
-    except InvalidSignature as exc:
-        raise RejectedInput("bad_signature", "manifest signature does not verify") from exc
-    return payload
+def verify_envelope(data: bytes, academy_keys: Mapping[str, Ed25519PublicKey]) -> bytes:
+    """The payload bytes of a correctly signed manifest envelope, or RejectedInput."""
+    return open_signed(data, academy_keys, max_bytes=MAX_MANIFEST_BYTES, what="manifest").payload
 
 
 def parse_manifest(payload: bytes) -> Manifest:
@@ -167,14 +138,10 @@ def _item(raw: Any, where: str) -> ManifestItem:
     )
 
 
-def sign_manifest(manifest_body: dict[str, Any], private_key: Any, key_id: str) -> bytes:
+def sign_manifest(
+    manifest_body: dict[str, Any], private_key: Ed25519PrivateKey, key_id: str
+) -> bytes:
     """An envelope for ``manifest_body`` (academy side; used by tests, demo and benchmarks)."""
-    payload = json.dumps(manifest_body, separators=(",", ":")).encode()
-    signature = private_key.sign(payload)
-    return json.dumps(
-        {
-            "key_id": key_id,
-            "payload": base64.b64encode(payload).decode(),
-            "signature": base64.b64encode(signature).decode(),
-        }
-    ).encode()
+    return sign_envelope(
+        private_key, key_id, json.dumps(manifest_body, separators=(",", ":")).encode()
+    )

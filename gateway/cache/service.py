@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.cache.budget import parse_windows
 from gateway.cache.download import Download, OriginSettings
@@ -31,6 +33,7 @@ from gateway.cache.seeding import ImportReport, import_files
 from gateway.config import Config
 from gateway.errors import CacheError, RejectedInput, UplinkError
 from gateway.metrics import Counters
+from gateway.signed import load_public_keys
 from gateway.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -120,9 +123,9 @@ class CacheService:
             raise CacheError("cache service used before open()")
         return self._index
 
-    @property
-    def _academy_keys(self) -> dict[str, str]:
-        return self.config.commands.academy_keys
+    @functools.cached_property
+    def _academy_keys(self) -> dict[str, Ed25519PublicKey]:
+        return load_public_keys(self.config.commands.academy_keys)
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None)

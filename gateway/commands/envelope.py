@@ -23,8 +23,6 @@ Nothing in the payload is looked at before the signature verified.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -32,11 +30,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.commands.actions import check_action
-from gateway.errors import ConfigError, RejectedInput
+from gateway.errors import RejectedInput
+from gateway.signed import json_object, open_signed
 from gateway.topics import DEVICE_ID_PATTERN
 
 COMMAND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -98,40 +96,6 @@ class VerifyPolicy:
     max_ttl_s: float = 30 * 86_400.0
 
 
-def load_public_keys(keys: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
-    """Parse ``commands.academy_keys`` (key id -> base64 raw public key)."""
-    parsed = {}
-    for key_id, text in keys.items():
-        try:
-            raw = base64.b64decode(text, validate=True)
-            parsed[key_id] = Ed25519PublicKey.from_public_bytes(raw)
-        except (binascii.Error, ValueError) as exc:
-            raise ConfigError(
-                f"commands.academy_keys.{key_id} must be a base64 raw Ed25519 public key "
-                f"(32 bytes): {exc}"
-            ) from exc
-    return parsed
-
-
-def _b64(value: Any, name: str) -> bytes:
-    if not isinstance(value, str):
-        raise RejectedInput("bad_field", f"envelope field {name!r} must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
-        raise RejectedInput("bad_field", f"envelope field {name!r} is not base64: {exc}") from exc
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RejectedInput("not_json", f"{what} is not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise RejectedInput("not_json", f"{what} must be a JSON object")
-    return value
-
-
 def _timestamp(payload: dict[str, Any], name: str) -> float:
     value = payload[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**40:
@@ -173,30 +137,9 @@ def open_envelope(
     seen: Callable[[str], bool],
 ) -> Command:
     """Verify ``data`` and return the Command, or raise RejectedInput (see module doc)."""
-    if len(data) > policy.max_envelope_bytes:
-        raise RejectedInput(
-            "too_large", f"envelope is {len(data)} bytes, limit {policy.max_envelope_bytes}"
-        )
-    envelope = _json_object(data, "envelope")
-    for name in ("key_id", "payload", "signature"):
-        if name not in envelope:
-            raise RejectedInput("missing_field", f"envelope field {name!r} is missing")
-    key_id = envelope["key_id"]
-    if not isinstance(key_id, str):
-        raise RejectedInput("bad_field", "envelope field 'key_id' must be a string")
-    payload = _b64(envelope["payload"], "payload")
-    signature = _b64(envelope["signature"], "signature")
-    key = keys.get(key_id)
-    if key is None:
-        raise RejectedInput("unknown_key", f"key id {key_id[:64]!r} is not an enrolled academy key")
-    try:
-        key.verify(signature, payload)
-    except InvalidSignature as exc:
-        raise RejectedInput(
-            "bad_signature", f"signature does not verify with key {key_id!r}"
-        ) from exc
-
-    fields = _json_object(payload, "payload")
+    signed = open_signed(data, keys, max_bytes=policy.max_envelope_bytes)
+    key_id, payload, signature = signed.key_id, signed.payload, signed.signature
+    fields = json_object(payload, "payload")
     for name in REQUIRED_FIELDS:
         if name not in fields:
             raise RejectedInput("missing_field", f"field {name!r} is missing")

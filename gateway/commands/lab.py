@@ -21,8 +21,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.academy.cli import upstream_decoder
-from gateway.academy.signing import build_payload, public_key_b64, sign_envelope
+from gateway.academy.signing import build_payload, public_key_b64
 from gateway.lab.academy import AcademyListener
+from gateway.signed import sign_envelope
 
 log = logging.getLogger(__name__)
 
