@@ -1,7 +1,8 @@
 """The gateway daemon: wires the flows together under one TaskGroup.
 
 Services (each a named task): the school broker link, the academy broker
-link, state ingest, and the LAN HTTP server. ``stop()`` shuts down in order:
+link, state ingest, the outbox drain, the summary maker, and the LAN HTTP
+server. ``stop()`` shuts down in order:
 publish offline status on both brokers, cancel the services, close the store.
 """
 
@@ -20,8 +21,11 @@ from gateway.config import Config
 from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
+from gateway.relay.outbox import OutboxBudget
+from gateway.relay.summaries import SummaryMaker, basic_box_health
 from gateway.state.ingest import StateIngest
 from gateway.state.shadow import tablet_counts
+from gateway.state.summary import SummaryRules
 from gateway.store.database import Database
 from gateway.web.admin_token import load_or_create_admin_token
 from gateway.web.server import build_app, serve_until_cancelled
@@ -79,6 +83,7 @@ class Gateway:
             self.counters,
         )
         self._ingest: StateIngest | None = None
+        self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -90,15 +95,35 @@ class Gateway:
         admin_token = load_or_create_admin_token(g.state_dir)
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
         try:
+            uplink, tablets = self.config.uplink, self.config.tablets
             drain = OutboxDrain(
-                db, self.academy_link, self.counters, school_id=g.school_id, gateway_id=g.gateway_id
+                db,
+                self.academy_link,
+                self.counters,
+                school_id=g.school_id,
+                gateway_id=g.gateway_id,
+                max_bytes_per_s=uplink.max_bytes_per_s,
+                batch_max_bytes=uplink.batch_max_bytes,
             )
             self._ingest = StateIngest(
                 db,
                 self.counters,
                 self.school_link.ack,
-                max_report_bytes=self.config.tablets.max_report_bytes,
+                max_report_bytes=tablets.max_report_bytes,
+                budget=self.outbox_budget,
                 on_stored=lambda _reports: drain.notify(),
+            )
+            summaries = SummaryMaker(
+                db,
+                self.outbox_budget,
+                interval_s=uplink.summary_interval_s,
+                rules=SummaryRules(
+                    low_battery_pct=tablets.low_battery_pct,
+                    low_storage_mb=tablets.low_storage_mb,
+                    required_apps=tablets.required_apps,
+                ),
+                health=lambda: basic_box_health(g.state_dir),
+                on_enqueued=drain.notify,
             )
             http_started = asyncio.Event()
             web_app = build_app(self.status, admin_token)
@@ -107,6 +132,7 @@ class Gateway:
                 "academy-broker": self.academy_link.run(),
                 "state-ingest": self._ingest.run(),
                 "outbox-drain": drain.run(),
+                "summaries": summaries.run(),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -152,6 +178,10 @@ class Gateway:
                 "academy": self.academy_link.is_connected,
             },
             "tablets": {"known": known, "online": online},
-            "outbox": await outbox.backlog(self._db) if self._db else {},
+            "outbox": {
+                **(await outbox.backlog(self._db) if self._db else {}),
+                "budget_bytes": self.outbox_budget.budget_bytes,
+                "peak_bytes": self.outbox_budget.peak_bytes,
+            },
             "counters": self.counters.snapshot(),
         }

@@ -5,6 +5,7 @@
     demo              brokers, gateway and simulated tablets on loopback
     sim               simulated tablets against a broker
     mosquitto-config  write the school broker's config from the gateway config
+    decode            print an upstream payload (academy side) as JSON lines
 
 Each flow adds its own commands through a ``register(subparsers)`` function.
 """
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run everything on loopback and show what flows")
     add_demo_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)
+
+    from gateway.relay.decode import register as register_decode
+
+    register_decode(commands)
     return parser
 
 
