@@ -116,6 +116,7 @@ class Gateway:
             summaries = SummaryMaker(
                 db,
                 self.outbox_budget,
+                self.counters,
                 interval_s=uplink.summary_interval_s,
                 rules=SummaryRules(
                     low_battery_pct=tablets.low_battery_pct,

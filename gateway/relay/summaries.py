@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.outbox import OutboxBudget
 from gateway.state.summary import SummaryRules, TabletView, build_summary
@@ -57,6 +58,7 @@ class SummaryMaker:
         self,
         db: Database,
         budget: OutboxBudget,
+        counters: Counters,
         *,
         interval_s: float,
         rules: SummaryRules,
@@ -65,6 +67,7 @@ class SummaryMaker:
     ) -> None:
         self._db = db
         self._budget = budget
+        self._counters = counters
         self._interval_s = interval_s
         self._rules = rules
         self._health = health
@@ -89,6 +92,7 @@ class SummaryMaker:
         async with self._db.transaction() as conn:
             await outbox.enqueue(conn, "summary", body, now=now)
             await self._budget.enforce(conn)
+        self._counters.inc("summaries_made")
         if self._on_enqueued is not None:
             self._on_enqueued()
         return body
