@@ -99,7 +99,7 @@ class TestDrainAfterOutage:
         assert status["outbox"]["oldest_age_s"] >= 0
         assert status["brokers"]["academy"] is False
 
-        academy_proxy.restore()
+        await academy_proxy.restore()
         assert await academy_listener.wait_for(
             lambda: len(latest_states(academy_view(academy_listener))) == 40, 30
         )

@@ -17,7 +17,6 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.lab.academy import AcademyListener
 from gateway.lab.gateway_process import GatewayProcess
 from gateway.lab.mosquitto import MosquittoProcess, free_port
 from gateway.lab.waiting import wait_until
@@ -77,7 +76,11 @@ def assert_in_order_per_tablet(view: list[dict[str, Any]]) -> None:
         device = message["body"]["device_id"]
         now = (message["seq"], message["body"]["seq"])
         if device in last:
-            assert now[0] > last[device][0] and now[1] > last[device][1], (device, last[device], now)
+            assert now[0] > last[device][0] and now[1] > last[device][1], (
+                device,
+                last[device],
+                now,
+            )
         last[device] = now
 
 
@@ -120,10 +123,12 @@ class TestKilledAtRandomMoments:
             for kill in range(22):
                 if rng.random() < 0.5:  # a moment during ingest
                     target = fleet.published + rng.randint(20, 600)
-                    assert await wait_until(lambda: fleet.published >= target, 30)
+                    assert await wait_until(lambda t=target: fleet.published >= t, 30)
                 else:  # a moment during drain
                     target = academy_listener.total + rng.randint(1, 4)
-                    await academy_listener.wait_for(lambda: academy_listener.total >= target, 10)
+                    await academy_listener.wait_for(
+                        lambda t=target: academy_listener.total >= t, 10
+                    )
                 await gateway.kill()
                 assert integrity(db_path) == "ok", f"after kill {kill}"
                 batch = {f"cmd-{kill}-{i}" for i in range(10)}
@@ -176,15 +181,15 @@ class TestUplinkCutAtRandom:
             try:
                 for cut in range(8):
                     target = proxy.bytes_up + rng.randint(2_000, 40_000)
-                    await wait_until(lambda: proxy.bytes_up >= target, 10)
+                    await wait_until(lambda t=target: proxy.bytes_up >= t, 10)
                     proxy.cut()
                     assert await wait_until(lambda: not gateway.academy_link.is_connected, 10)
                     batch = {f"cmd-{cut}-{i}" for i in range(5)}
                     await enqueue_results(db_path, sorted(batch))
                     results |= batch
                     target = fleet.published + rng.randint(30, 300)
-                    assert await wait_until(lambda: fleet.published >= target, 10)
-                    proxy.restore()
+                    assert await wait_until(lambda t=target: fleet.published >= t, 10)
+                    await proxy.restore()
                     assert await wait_until(lambda: gateway.academy_link.is_connected, 30)
             finally:
                 await fleet.stop()
@@ -199,8 +204,10 @@ class TestUplinkCutAtRandom:
             assert_results_once(view, results)
             assert_in_order_per_tablet(view)
             assert proxy.cuts == 8
-            assert gateway.counters.get("upstream_batches_failed") + gateway.counters.get(
-                "broker_academy_connection_errors"
-            ) >= 1
+            assert (
+                gateway.counters.get("upstream_batches_failed")
+                + gateway.counters.get("broker_academy_connection_errors")
+                >= 1
+            )
             await running.stop()
             assert integrity(db_path) == "ok"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from gateway.state.summary import SummaryRules, TabletView, build_summary, is_older
 
 
-def tablet(device: str, *, online=True, battery=80, charging=False, free=5_000, os="13.1.2", apps=None):
+def tablet(
+    device: str, *, online=True, battery=80, charging=False, free=5_000, os="13.1.2", apps=None
+):
     state = {
         "battery_pct": battery,
         "charging": charging,

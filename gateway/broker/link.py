@@ -110,6 +110,8 @@ class BrokerLink:
             except aiomqtt.MqttError as exc:
                 self._counters.inc(f"broker_{name}_connection_errors")
                 log.warning("%s broker link down: %s", name, exc)
+                if self.connected.is_set():  # it was up: a new outage starts from short delays
+                    attempt = 0
             finally:
                 self.connected.clear()
                 self._disconnected.set()

@@ -126,7 +126,8 @@ class GatewayProcess:
         """Bytes written to storage (``/proc/<pid>/io`` write_bytes), write() bytes, and RSS."""
         proc = psutil.Process(self.pid)
         io = proc.io_counters()
-        return {"write_bytes": io.write_bytes, "wchar": io.write_chars, "rss": proc.memory_info().rss}
+        rss = proc.memory_info().rss
+        return {"write_bytes": io.write_bytes, "wchar": io.write_chars, "rss": rss}
 
     async def __aenter__(self) -> GatewayProcess:
         await self.start()

@@ -2,7 +2,8 @@
 
 Put it between the gateway and the academy broker: ``cut()`` closes every
 open connection at once (nothing buffered is flushed: what was in flight is
-lost, as when a rural uplink drops) and refuses new ones until ``restore()``.
+lost, as when a rural uplink drops) and stops listening, so new connections
+are refused at once, until ``restore()``.
 It counts the bytes it forwarded in each direction.
 """
 
@@ -42,14 +43,11 @@ class LinkProxy:
         return self._up
 
     async def start(self) -> None:
+        self._up = True
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
 
     async def stop(self) -> None:
         self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -58,14 +56,20 @@ class LinkProxy:
 
     def cut(self) -> None:
         """Drop every connection now and refuse new ones until ``restore``."""
+        if self._up:
+            self.cuts += 1
         self._up = False
-        self.cuts += 1
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
 
-    def restore(self) -> None:
-        self._up = True
+    async def restore(self) -> None:
+        """Listen again."""
+        if self._server is None:
+            await self.start()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self._up:
