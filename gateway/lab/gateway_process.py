@@ -20,8 +20,11 @@ from typing import Any
 import aiohttp
 import psutil
 
+import gateway
 from gateway.errors import GatewayError
 from gateway.web.admin_token import read_admin_token
+
+SOURCE_ROOT = Path(gateway.__file__).resolve().parents[1]
 
 
 def toml_text(table: dict[str, dict[str, Any]]) -> str:
@@ -68,7 +71,7 @@ class GatewayProcess:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(SOURCE_ROOT)},
             )
         self.starts += 1
 

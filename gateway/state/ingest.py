@@ -36,6 +36,12 @@ from gateway.topics import parse_tablet_topic
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 5_000
+# One commit rewrites the shadow pages it touches (with 300 tablets, nearly
+# all of them), so disk bytes per report fall with reports per commit:
+# measured 344 B/report with 500 reports or 50 ms. A second's wait before
+# the broker gets its acknowledgement costs nobody anything.
+BATCH_SIZE = 2_000
+BATCH_WINDOW_S = 1.0
 
 Acknowledge = Callable[[Inbound], None]
 StoredHandler = Callable[[Sequence[StateReport]], None]
@@ -53,8 +59,8 @@ class StateIngest:
         max_report_bytes: int,
         budget: OutboxBudget | None = None,
         on_stored: StoredHandler | None = None,
-        batch_size: int = 500,
-        batch_window_s: float = 0.05,
+        batch_size: int = BATCH_SIZE,
+        batch_window_s: float = BATCH_WINDOW_S,
     ) -> None:
         self._db = db
         self._counters = counters
