@@ -2,7 +2,9 @@
 
 Starts two real Mosquitto brokers (the school's and a stand-in for the
 academy's), the gateway, N simulated tablets and an academy-side listener,
-then shows what flows. Logs go to ``demo.log`` in the work directory so the
+then shows what flows. The academy is reached through a TCP proxy that cuts
+the uplink for a while (``--cut-at``, ``--cut-for``): the outbox backlog
+grows during the cut and drains after. Logs go to ``demo.log`` in the work directory so the
 terminal stays readable. Ctrl-C (or --duration) stops everything in order and
 prints ``demo summary: {...}`` as the last line.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -27,7 +30,9 @@ from gateway.broker.mosquitto_config import render_mosquitto_config
 from gateway.config import Config, config_from_mapping
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
+from gateway.lab.proxy import LinkProxy
 from gateway.lab.waiting import wait_until
+from gateway.relay.wire import decode_payload
 from gateway.sim.fleet import Fleet, FleetSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between reports")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep state here (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--cut-at", type=float, default=None, help="cut the uplink after S seconds (default: 1/3)"
+    )
+    parser.add_argument(
+        "--cut-for", type=float, default=None, help="for S seconds (default: 1/3 of the run)"
     )
 
 
@@ -64,7 +75,17 @@ def demo_config(workdir: Path, school_port: int, academy_port: int) -> Config:
 class DemoView:
     """Redraws a small panel (on a terminal) or prints a line every few seconds."""
 
-    def __init__(self, out: TextIO, gateway: Gateway, fleet: Fleet, listener: AcademyListener):
+    def __init__(
+        self,
+        out: TextIO,
+        gateway: Gateway,
+        fleet: Fleet,
+        listener: AcademyListener,
+        proxy: LinkProxy | None = None,
+    ):
+        self.proxy = proxy
+        self.outbox: dict[str, Any] = {}
+        self.outbox_peak_rows = 0
         self.out = out
         self.gateway = gateway
         self.fleet = fleet
@@ -74,7 +95,11 @@ class DemoView:
 
     def figures(self) -> dict[str, Any]:
         c = self.gateway.counters
-        up_state = sum(1 for m in self.listener.messages if m.topic.endswith("/up/state"))
+        up_state = sum(
+            len(decode_payload(m.payload))
+            for m in self.listener.messages
+            if m.topic.endswith("/up/state")
+        )
         return {
             "tablets": self.fleet.stats.tablets,
             "tablets_connected": self.fleet.stats.connected,
@@ -85,6 +110,10 @@ class DemoView:
             "state_relayed_upstream": up_state,
             "academy_messages": self.listener.total,
             "academy_bytes": self.listener.total_bytes,
+            "outbox_rows": self.outbox.get("rows", 0),
+            "outbox_peak_rows": self.outbox_peak_rows,
+            "outbox_peak_bytes": self.outbox.get("peak_bytes", 0),
+            "uplink_cuts": self.proxy.cuts if self.proxy else 0,
         }
 
     def lines(self, duration: float | None) -> list[str]:
@@ -104,11 +133,17 @@ class DemoView:
             f"rejected {f['state_reports_rejected']}",
             f"  academy   {f['state_relayed_upstream']} state messages relayed, "
             f"{f['academy_messages']} messages / {f['academy_bytes'] / 1000:.1f} kB in all",
+            f"  uplink    {'CUT' if self.proxy and not self.proxy.is_up else 'up'}; outbox "
+            f"{self.outbox.get('rows', 0)} rows, {self.outbox.get('bytes', 0) / 1000:.1f} kB, "
+            f"oldest {self.outbox.get('oldest_age_s', 0):.0f} s "
+            f"(peak {f['outbox_peak_rows']} rows)",
         ]
 
     async def run(self, duration: float | None) -> None:
         period = 1.0 if self.interactive else 5.0
         while True:
+            self.outbox = (await self.gateway.status()).get("outbox", {})
+            self.outbox_peak_rows = max(self.outbox_peak_rows, self.outbox.get("rows", 0))
             text = "\n".join(self.lines(duration))
             if self.interactive:
                 self.out.write("\x1b[H\x1b[2J" + text + "\n")
@@ -116,6 +151,16 @@ class DemoView:
                 self.out.write(text + "\n")
             self.out.flush()
             await asyncio.sleep(period)
+
+
+async def _cut_uplink(proxy: LinkProxy, at_s: float, for_s: float) -> None:
+    """The demo's scripted outage: cut the academy link, then give it back."""
+    await asyncio.sleep(at_s)
+    log.info("demo: cutting the uplink for %.0f s", for_s)
+    proxy.cut()
+    await asyncio.sleep(for_s)
+    log.info("demo: uplink back")
+    await proxy.restore()
 
 
 async def run_demo(args: argparse.Namespace) -> int:
@@ -157,6 +202,11 @@ async def _run_everything(
     academy_port: int,
     stop: asyncio.Event,
 ) -> dict[str, Any]:
+    proxy = LinkProxy("127.0.0.1", academy_port)
+    await proxy.start()
+    config = dataclasses.replace(
+        config, academy_broker=dataclasses.replace(config.academy_broker, port=proxy.port)
+    )
     gateway = Gateway(config)
     listener = AcademyListener("127.0.0.1", academy_port)
     fleet = Fleet(
@@ -164,33 +214,41 @@ async def _run_everything(
             host=school.host, port=school.port, tablets=args.tablets, interval_s=args.interval
         )
     )
-    view = DemoView(sys.stdout, gateway, fleet, listener)
+    view = DemoView(sys.stdout, gateway, fleet, listener, proxy)
     gateway_task = asyncio.create_task(gateway.run(), name="gateway")
     listener_task = asyncio.create_task(listener.run(), name="academy-listener")
     await asyncio.wait_for(gateway.ready.wait(), 15)
     await asyncio.wait_for(listener.subscribed.wait(), 15)
     fleet_task = asyncio.create_task(fleet.run(), name="fleet")
     view_task = asyncio.create_task(view.run(args.duration), name="view")
+    third = (args.duration or 60.0) / 3
+    cut_task = asyncio.create_task(
+        _cut_uplink(proxy, args.cut_at or third, args.cut_for or third), name="uplink-cut"
+    )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.duration)
+    cut_task.cancel()
+    await proxy.restore()
     fleet_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await fleet_task
-    # Let what the tablets already published finish its way to the academy.
+    # Let what the tablets already published finish its way to the academy
+    # (the academy link may still be in its reconnect backoff after the cut).
     counters = gateway.counters
     await wait_until(
-        lambda: (
-            counters.get("state_reports_stored") >= fleet.stats.reports_published
-            and view.figures()["state_relayed_upstream"] >= counters.get("state_reports_stored")
-        ),
-        within_s=10,
+        lambda: counters.get("state_reports_stored") >= fleet.stats.reports_published, 10
     )
+    for _ in range(200):  # at most 40 s
+        if (await gateway.status())["outbox"]["rows"] == 0:
+            break
+        await asyncio.sleep(0.2)
     view_task.cancel()
     gateway.stop()
     await asyncio.wait_for(gateway_task, 15)
     listener_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await listener_task
+    await proxy.stop()
     figures = view.figures()
     figures.pop("tablets_connected")
     figures["duration_s"] = round(time.monotonic() - view.started, 1)
