@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import relay_lab  # also puts the source tree on sys.path
 
 from gateway.broker.mosquitto_config import render_mosquitto_config
@@ -33,6 +34,11 @@ from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, fre
 
 PUBLISHERS = 2
 WARMUP_S = 3.0
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
@@ -62,12 +68,12 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         )
         bare.start()
         await asyncio.get_running_loop().run_in_executor(None, ready.wait, 30)
-        published = ctx.Value("q", 0)
+        published = [ctx.Value("q", 0) for _ in range(PUBLISHERS)]
         per = args.tablets // PUBLISHERS
         publishers = [
             ctx.Process(
                 target=relay_lab.flat_out_publisher,
-                args=(school.host, school.port, i * per, per, total_s, ctx.Value("q", 0)),
+                args=(school.host, school.port, i * per, per, total_s, published[i]),
             )
             for i in range(PUBLISHERS)
         ]
@@ -77,6 +83,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         status = await gateway.status()
         assert status is not None
         t1, stored1 = time.time(), status["counters"].get("state_reports_stored", 0)
+        gw_proc, bare_proc = psutil.Process(gateway.pid), psutil.Process(bare.pid)
+        gw_cpu1, bare_cpu1 = cpu_seconds(gw_proc), cpu_seconds(bare_proc)
         peak_rss = 0
         while time.time() < t1 + args.seconds:
             peak_rss = max(peak_rss, gateway.io_and_memory()["rss"])
@@ -84,6 +92,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         status = await gateway.status()
         assert status is not None
         t2, stored2 = time.time(), status["counters"].get("state_reports_stored", 0)
+        gw_cpu = cpu_seconds(gw_proc) - gw_cpu1
+        bare_cpu = cpu_seconds(bare_proc) - bare_cpu1
         peak_rss = max(peak_rss, gateway.io_and_memory()["rss"])
         counts = await asyncio.get_running_loop().run_in_executor(None, per_second.get, True, 120)
         for p in publishers:
@@ -94,6 +104,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     seconds = range(int(t1) + 1, int(t2))
     bare_rate = sum(counts.get(s, 0) for s in seconds) / max(1, len(seconds))
     gateway_rate = (stored2 - stored1) / (t2 - t1)
+    bare_count = sum(counts.get(s, 0) for s in seconds)
     return {
         "tablets": args.tablets,
         "seconds": round(t2 - t1, 1),
@@ -101,6 +112,12 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "bare_reports_per_s": round(bare_rate),
         "ratio": round(gateway_rate / bare_rate, 3) if bare_rate else None,
         "gateway_rss_mb": round(peak_rss / 1e6, 1),
+        "reports_published": sum(v.value for v in published),
+        # CPU time per report (user + system) over the same window: what a free core would do.
+        "gateway_cpu_us_per_report": round(gw_cpu * 1e6 / max(1, stored2 - stored1), 1),
+        "bare_cpu_us_per_report": round(bare_cpu * 1e6 / max(1, bare_count), 1),
+        "gateway_reports_per_cpu_s": round((stored2 - stored1) / gw_cpu) if gw_cpu else None,
+        "bare_reports_per_cpu_s": round(bare_count / bare_cpu) if bare_cpu else None,
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

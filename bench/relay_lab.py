@@ -134,12 +134,13 @@ def bare_subscriber(host: str, port: int, duration_s: float, ready: Any, per_sec
         ) as client:
             await client.subscribe("tablets/+/state", qos=1)
             ready.set()
-            deadline = time.time() + duration_s
-            async for _message in client.messages:
-                second = int(time.time())
-                counts[second] = counts.get(second, 0) + 1
-                if time.time() > deadline:
-                    break
+            try:
+                async with asyncio.timeout(duration_s):
+                    async for _message in client.messages:
+                        second = int(time.time())
+                        counts[second] = counts.get(second, 0) + 1
+            except TimeoutError:
+                pass
         per_second.put(counts)
 
     asyncio.run(main())
