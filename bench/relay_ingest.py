@@ -45,7 +45,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     state_dir = work / "state"
     school_port = free_port()
     table = {
-        "gateway": {"school_id": "bench-school", "gateway_id": "gw-bench", "state_dir": str(state_dir)},
+        "gateway": {
+            "school_id": "bench-school",
+            "gateway_id": "gw-bench",
+            "state_dir": str(state_dir),
+        },
         "school_broker": {"host": "127.0.0.1", "port": school_port},
         "academy_broker": {"host": "127.0.0.1", "port": 0},
         "http": {"host": "127.0.0.1", "port": free_port()},
@@ -64,7 +68,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         per_second = ctx.Queue()
         total_s = WARMUP_S + args.seconds + 1
         bare = ctx.Process(
-            target=relay_lab.bare_subscriber, args=(school.host, school.port, total_s + 2, ready, per_second)
+            target=relay_lab.bare_subscriber,
+            args=(school.host, school.port, total_s + 2, ready, per_second),
         )
         bare.start()
         await asyncio.get_running_loop().run_in_executor(None, ready.wait, 30)

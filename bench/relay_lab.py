@@ -53,7 +53,7 @@ def models(first: int, count: int) -> list[TabletModel]:
     ]
 
 
-def paced_publisher(
+def paced_publisher(  # noqa: PLR0917 - a multiprocessing target takes positional args
     host: str,
     port: int,
     first: int,
@@ -101,7 +101,7 @@ def paced_publisher(
     client.disconnect()
 
 
-def flat_out_publisher(
+def flat_out_publisher(  # noqa: PLR0917 - a multiprocessing target
     host: str, port: int, first: int, count: int, duration_s: float, published: Any
 ) -> None:
     """Every tablet reports again as soon as the broker takes it, for ``duration_s``."""

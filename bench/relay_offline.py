@@ -58,12 +58,18 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     state_dir = work / "state"
     school_port, academy_port = free_port(), free_port()
     table = {
-        "gateway": {"school_id": "bench-school", "gateway_id": "gw-bench", "state_dir": str(state_dir)},
+        "gateway": {
+            "school_id": "bench-school",
+            "gateway_id": "gw-bench",
+            "state_dir": str(state_dir),
+        },
         "school_broker": {"host": "127.0.0.1", "port": school_port},
         "academy_broker": {"host": "127.0.0.1", "port": 0},
         "http": {"host": "127.0.0.1", "port": free_port()},
     }
-    school_conf = render_mosquitto_config(config_from_mapping({**table, "academy_broker": {"host": "x"}}))
+    school_conf = render_mosquitto_config(
+        config_from_mapping({**table, "academy_broker": {"host": "x"}})
+    )
     reports_per_tablet = args.hours * 60
     total = args.tablets * reports_per_tablet
     async with (
@@ -78,7 +84,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         await asyncio.wait_for(listener.subscribed.wait(), 10)
         gateway = GatewayProcess(table, work / "gw")
         await gateway.start()
-        while not ((s := await gateway.status()) and s["brokers"]["school"]):
+        for _ in range(600):  # the school link, within 30 s
+            if (s := await gateway.status()) and s["brokers"]["school"]:
+                break
             await asyncio.sleep(0.05)
 
         ctx = multiprocessing.get_context("spawn")
@@ -92,8 +100,18 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         publishers = [
             ctx.Process(
                 target=relay_lab.paced_publisher,
-                args=(school.host, school.port, i * per, per if i < PUBLISHERS - 1 else args.tablets - i * per,
-                      reports_per_tablet, sim_start, 60.0, allowed, published, published_bytes),
+                args=(
+                    school.host,
+                    school.port,
+                    i * per,
+                    per if i < PUBLISHERS - 1 else args.tablets - i * per,
+                    reports_per_tablet,
+                    sim_start,
+                    60.0,
+                    allowed,
+                    published,
+                    published_bytes,
+                ),
             )
             for i in range(PUBLISHERS)
         ]
@@ -152,7 +170,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         latest = {}
         for m in view:
             if m["kind"] == "state":
-                latest[m["body"]["device_id"]] = max(latest.get(m["body"]["device_id"], 0), m["body"]["seq"])
+                latest[m["body"]["device_id"]] = max(
+                    latest.get(m["body"]["device_id"], 0), m["body"]["seq"]
+                )
         await gateway.stop()
         listener_task.cancel()
         return {
@@ -168,8 +188,12 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
             "drain_seconds": round(drain_s, 2),
             "reconnect_seconds": round(reconnect_s, 2),
             "drain_after_reconnect_seconds": round(drain_s - reconnect_s, 2),
-            "disk_bytes_per_report": round((io_after["write_bytes"] - io_before["write_bytes"]) / total, 1),
-            "write_syscall_bytes_per_report": round((io_after["wchar"] - io_before["wchar"]) / total, 1),
+            "disk_bytes_per_report": round(
+                (io_after["write_bytes"] - io_before["write_bytes"]) / total, 1
+            ),
+            "write_syscall_bytes_per_report": round(
+                (io_after["wchar"] - io_before["wchar"]) / total, 1
+            ),
             "gateway_peak_rss_mb": round(peak_rss / 1e6, 1),
             "results_enqueued": len(results),
             "results_lost": len(set(results) - got_results),
