@@ -94,11 +94,16 @@ class _IntakeGate:
         self._loop = asyncio.get_running_loop()
         self._on_pause = on_pause
         self._paused_fd: int | None = None
+        # Armed only once messages are consumed: before that, the birth's PUBACK
+        # and the SUBACKs must still be read (they queue behind a resumed
+        # session's messages). Nothing is acknowledged before, so the broker's
+        # limit holds that long.
+        self.armed = False
         delivered = self._paho.on_message
 
         def on_message(paho_client: Any, userdata: Any, message: Any) -> None:
             delivered(paho_client, userdata, message)  # type: ignore[misc]
-            if self._paused_fd is None and self._waiting() >= INTAKE_PAUSE_AT:
+            if self.armed and self._paused_fd is None and self._waiting() >= INTAKE_PAUSE_AT:
                 self._pause()
 
         self._paho.on_message = on_message
@@ -211,6 +216,7 @@ class BrokerLink:
             self._counters.inc(f"broker_{s.name}_connects")
             self._disconnected.clear()
             self.connected.set()
+            gate.armed = True
             async for message in client.messages:
                 gate.consumed()
                 payload = message.payload
