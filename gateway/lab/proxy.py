@@ -47,7 +47,9 @@ class LinkProxy:
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
 
     async def stop(self) -> None:
+        cuts = self.cuts
         self.cut()
+        self.cuts = cuts  # stopping is not an outage
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
