@@ -1,9 +1,9 @@
 """The gateway daemon: wires the flows together under one TaskGroup.
 
 Services (each a named task): the school broker link, the academy broker
-link, state ingest, the outbox drain, the command flow (intake of academy
-envelopes, delivery to tablets, expiry, tablet results), the update cache and
-the LAN HTTP server. ``stop()`` shuts down in order:
+link, state ingest, the outbox drain, the summary maker, the command flow
+(intake of academy envelopes, delivery to tablets, expiry, tablet results),
+the update cache and the LAN HTTP server. ``stop()`` shuts down in order:
 publish offline status on both brokers, cancel the services, close the store.
 """
 
@@ -30,6 +30,8 @@ from gateway.errors import GatewayError, RejectedInput
 from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
+from gateway.relay.outbox import OutboxBudget
+from gateway.relay.summaries import SummaryMaker, basic_box_health
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
@@ -37,6 +39,7 @@ from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
 from gateway.state.report import parse_presence
 from gateway.state.shadow import tablet_counts
+from gateway.state.summary import SummaryRules
 from gateway.store.database import Database
 from gateway.web.admin_token import load_or_create_admin_token
 from gateway.web.server import build_app, serve_until_cancelled
@@ -101,6 +104,7 @@ class Gateway:
         self._intake: CommandIntake | None = None
         self._delivery: CommandDelivery | None = None
         self._results: CommandResults | None = None
+        self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -126,14 +130,22 @@ class Gateway:
                     await reload_broker(self.config)
                 except GatewayError as exc:
                     log.error("new server certificate not loaded by the broker yet: %s", exc)
+            uplink, tablets = self.config.uplink, self.config.tablets
             drain = OutboxDrain(
-                db, self.academy_link, self.counters, school_id=g.school_id, gateway_id=g.gateway_id
+                db,
+                self.academy_link,
+                self.counters,
+                school_id=g.school_id,
+                gateway_id=g.gateway_id,
+                max_bytes_per_s=uplink.max_bytes_per_s,
+                batch_max_bytes=uplink.batch_max_bytes,
             )
             self._ingest = StateIngest(
                 db,
                 self.counters,
                 self.school_link.ack,
-                max_report_bytes=self.config.tablets.max_report_bytes,
+                max_report_bytes=tablets.max_report_bytes,
+                budget=self.outbox_budget,
                 on_stored=lambda _reports: drain.notify(),
             )
             self.cache = cache = CacheService(self.config, db, self.counters)
@@ -168,6 +180,19 @@ class Gateway:
             )
             await intake.load()
             await delivery.load()
+            summaries = SummaryMaker(
+                db,
+                self.outbox_budget,
+                self.counters,
+                interval_s=uplink.summary_interval_s,
+                rules=SummaryRules(
+                    low_battery_pct=tablets.low_battery_pct,
+                    low_storage_mb=tablets.low_storage_mb,
+                    required_apps=tablets.required_apps,
+                ),
+                health=lambda: basic_box_health(g.state_dir),
+                on_enqueued=drain.notify,
+            )
             http_started = asyncio.Event()
             web_app = build_app(self.status, admin_token, cache)
             services: dict[str, Coroutine[Any, Any, None]] = {
@@ -180,6 +205,7 @@ class Gateway:
                 "command-delivery": delivery.run_publisher(),
                 "command-expiry": delivery.run_expiry(),
                 "command-results": results.run(),
+                "summaries": summaries.run(),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -247,7 +273,11 @@ class Gateway:
                 "academy": self.academy_link.is_connected,
             },
             "tablets": {"known": known, "online": online},
-            "outbox": await outbox.backlog(self._db) if self._db else {},
+            "outbox": {
+                **(await outbox.backlog(self._db) if self._db else {}),
+                "budget_bytes": self.outbox_budget.budget_bytes,
+                "peak_bytes": self.outbox_budget.peak_bytes,
+            },
             "cache": await self.cache.stats() if self.cache and self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},
             "counters": self.counters.snapshot(),

@@ -8,6 +8,7 @@
     enroll            enrollment tokens, enrolled tablets, revocation (gateway.security.cli)
     academy           the academy's side: keys, signed commands, watch results
     cache import DIR  seed the update cache from a folder (USB drive), verifying hashes
+    decode            print an upstream payload (academy side) as JSON lines
 
 Each flow adds its own commands through a ``register(subparsers)`` function.
 """
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.academy.cli import register as register_academy
 
     register_academy(commands)
+    from gateway.relay.decode import register as register_decode
+
+    register_decode(commands)
     return parser
 
 

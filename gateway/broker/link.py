@@ -9,9 +9,17 @@ it reconnects with capped, jittered backoff (gateway.backoff).
 Inbound messages are acknowledged manually: the handler decides when to call
 :meth:`BrokerLink.ack`, which the gateway does only after the transaction
 that holds the message committed. Until then the broker keeps the message
-in flight, and redelivers it if we crash. The number of unacknowledged
-messages is bounded by the broker's ``max_inflight_messages`` for our
-client, and aiomqtt's local queue is bounded above that.
+in flight, and redelivers it if we crash.
+
+The broker's ``max_inflight_messages`` is not a reliable bound: Mosquitto
+2.0.11 (Debian, Raspberry Pi OS) sends far more unacknowledged messages once
+some are queued for the client (measured: 20,000 in flight with a limit of
+1,000). aiomqtt would then discard what overflows its local queue, never
+acknowledged, so stuck until the next reconnect. The link therefore bounds
+its own intake: when ``INTAKE_PAUSE_AT`` messages wait locally it stops
+reading the socket (TCP pushes back; the broker keeps the rest queued) and
+reads again below ``INTAKE_RESUME_AT`` (counted in
+``broker_<name>_intake_pauses``).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiomqtt
 
@@ -31,6 +40,8 @@ from gateway.metrics import Counters
 log = logging.getLogger(__name__)
 
 LOCAL_QUEUE_LIMIT = 20_000
+INTAKE_PAUSE_AT = 2_000
+INTAKE_RESUME_AT = 500
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,58 @@ class Inbound:
 InboundHandler = Callable[[Inbound], Awaitable[None]]
 
 
+class _IntakeGate:
+    """Stops reading the broker socket while too many messages wait in aiomqtt's queue."""
+
+    def __init__(self, client: aiomqtt.Client, on_pause: Callable[[], None]) -> None:
+        self._client = client
+        self._paho = client._client
+        self._loop = asyncio.get_running_loop()
+        self._on_pause = on_pause
+        self._paused_fd: int | None = None
+        # Armed only once messages are consumed: before that, the birth's PUBACK
+        # and the SUBACKs must still be read (they queue behind a resumed
+        # session's messages). Nothing is acknowledged before, so the broker's
+        # limit holds that long.
+        self.armed = False
+        delivered = self._paho.on_message
+
+        def on_message(paho_client: Any, userdata: Any, message: Any) -> None:
+            delivered(paho_client, userdata, message)  # type: ignore[misc]
+            if self.armed and self._paused_fd is None and self._waiting() >= INTAKE_PAUSE_AT:
+                self._pause()
+
+        self._paho.on_message = on_message
+
+    def _waiting(self) -> int:
+        return self._client._queue.qsize()
+
+    def _pause(self) -> None:
+        sock = self._paho.socket()
+        if sock is None:
+            return
+        self._paused_fd = sock.fileno()
+        self._loop.remove_reader(self._paused_fd)
+        self._on_pause()
+
+    def consumed(self) -> None:
+        """A message left the local queue: read again once it has room."""
+        if self._paused_fd is not None and self._waiting() <= INTAKE_RESUME_AT:
+            fd, self._paused_fd = self._paused_fd, None
+            sock = self._paho.socket()
+            if sock is not None and sock.fileno() == fd:
+                self._loop.add_reader(fd, self._read)
+
+    def _read(self) -> None:
+        # What aiomqtt's own reader does: a read error means the connection broke.
+        try:
+            self._paho.loop_read()
+        except Exception as exc:  # handed to aiomqtt, which raises it from its loop
+            disconnected = self._client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+
+
 class BrokerLink:
     """Keeps one broker connection alive and moves messages in and out."""
 
@@ -115,6 +178,8 @@ class BrokerLink:
                     log.error("%s broker refused: its certificate is not trusted: %s", name, exc)
                 else:
                     log.warning("%s broker link down: %s", name, exc)
+                if self.connected.is_set():  # it was up: a new outage starts from short delays
+                    attempt = 0
             finally:
                 self.connected.clear()
                 self._disconnected.set()
@@ -146,6 +211,7 @@ class BrokerLink:
         # Many concurrent QoS 1 publishes (a command fan-out, an outbox batch) are
         # normal here; aiomqtt would log a warning for each one past 10.
         client.pending_calls_threshold = LOCAL_QUEUE_LIMIT
+        gate = _IntakeGate(client, lambda: self._counters.inc(f"broker_{s.name}_intake_pauses"))
         async with client:
             self._connection += 1
             connection = self._connection
@@ -158,7 +224,9 @@ class BrokerLink:
             self._counters.inc(f"broker_{s.name}_connects")
             self._disconnected.clear()
             self.connected.set()
+            gate.armed = True
             async for message in client.messages:
+                gate.consumed()
                 payload = message.payload
                 if not isinstance(payload, bytes | bytearray):
                     payload = b"" if payload is None else str(payload).encode()

@@ -7,7 +7,7 @@ caller holds, so reports are stored in batches (few commits, little SD wear).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +17,17 @@ from gateway.state.report import Presence, StateReport
 from gateway.store.database import Database
 
 _UPSERT_REPORT = """
-INSERT INTO shadow (device_id, state, report_seq, group_name, first_seen, last_seen)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO shadow (
+    device_id, state, report_seq, group_name, first_seen, last_seen, upstream_seq, upstream_since
+)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (device_id) DO UPDATE SET
     state = excluded.state,
     report_seq = excluded.report_seq,
     group_name = excluded.group_name,
-    last_seen = excluded.last_seen
+    last_seen = excluded.last_seen,
+    upstream_seq = excluded.upstream_seq,
+    upstream_since = coalesce(shadow.upstream_since, excluded.upstream_since)
 WHERE excluded.report_seq > shadow.report_seq
    OR json_extract(excluded.state, '$.ts') > json_extract(shadow.state, '$.ts')
 """
@@ -55,13 +59,31 @@ def canonical_json(value: Any) -> str:
 
 
 async def store_reports(
-    conn: aiosqlite.Connection, reports: Iterable[StateReport], now: float
+    conn: aiosqlite.Connection, reports: Sequence[StateReport], now: float, first_upstream_seq: int
 ) -> None:
-    """Upsert reports; an older report (redelivered, reordered) never overwrites a newer one."""
+    """Upsert reports and mark each stored one pending upstream (relay outbox).
+
+    Report i gets upstream sequence number ``first_upstream_seq + i``. An
+    older report (redelivered, reordered) never overwrites a newer one and
+    leaves the pending mark alone; its number is simply never used.
+    """
     await conn.executemany(
         _UPSERT_REPORT,
-        [(r.device_id, canonical_json(r.as_dict()), r.seq, r.group, now, now) for r in reports],
+        [
+            (r.device_id, canonical_json(r.as_dict()), r.seq, r.group, now, now, seq, now)
+            for seq, r in enumerate(reports, first_upstream_seq)
+        ],
     )
+
+
+def latest_per_tablet(reports: Iterable[StateReport]) -> list[StateReport]:
+    """The report that wins for each tablet, by the shadow's rule, in arrival order."""
+    latest: dict[str, StateReport] = {}
+    for report in reports:
+        kept = latest.get(report.device_id)
+        if kept is None or report.seq > kept.seq or report.ts > kept.ts:
+            latest[report.device_id] = report
+    return list(latest.values())
 
 
 async def store_presence(

@@ -38,6 +38,27 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX outbox_drain ON outbox (priority, seq);
     CREATE UNIQUE INDEX outbox_latest ON outbox (kind, dedup_key) WHERE dedup_key IS NOT NULL;
     """,
+    3: """
+    -- Pending tablet state lives on the shadow row itself: latest wins by
+    -- construction, and a report costs no outbox row (SD-card write economy).
+    ALTER TABLE shadow ADD COLUMN upstream_seq INTEGER;   -- seq of the pending state, NULL = sent
+    ALTER TABLE shadow ADD COLUMN upstream_since REAL;    -- when this tablet's state became pending
+    CREATE INDEX shadow_pending ON shadow (upstream_seq) WHERE upstream_seq IS NOT NULL;
+    -- One per-gateway sequence for the outbox table and the shadow marks.
+    INSERT INTO meta (key, value)
+    SELECT 'upstream_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM sqlite_sequence
+    WHERE name = 'outbox'
+    ON CONFLICT (key) DO NOTHING;
+    -- Pending state rows of migration 2 become shadow marks.
+    UPDATE shadow SET
+        upstream_seq = (SELECT o.seq FROM outbox o
+                        WHERE o.kind = 'state' AND o.dedup_key = shadow.device_id),
+        upstream_since = (SELECT o.created FROM outbox o
+                          WHERE o.kind = 'state' AND o.dedup_key = shadow.device_id)
+    WHERE device_id IN (SELECT dedup_key FROM outbox WHERE kind = 'state');
+    DELETE FROM outbox WHERE kind = 'state'
+        AND dedup_key IN (SELECT device_id FROM shadow WHERE upstream_seq IS NOT NULL);
+    """,
     10: """
     CREATE TABLE commands (
         seq         INTEGER PRIMARY KEY AUTOINCREMENT, -- acceptance order = delivery order
