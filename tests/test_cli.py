@@ -27,7 +27,12 @@ async def run_cli(*args: str, within_s: float = 60) -> subprocess.CompletedProce
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), within_s)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), within_s)
+    except TimeoutError:
+        process.kill()  # never leave a hung CLI behind
+        await process.wait()
+        raise
     assert process.returncode is not None
     return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
 
@@ -138,9 +143,15 @@ class TestDemo:
                 lines.append(raw.decode())
 
         reader = asyncio.create_task(read_lines())
-        assert await wait_until(lambda: any("academy" in line for line in lines), 60)
-        process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(process.wait(), 60)
-        await reader
+        try:
+            assert await wait_until(lambda: any("academy" in line for line in lines), 60)
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(process.wait(), 60)
+            await reader
+        finally:
+            if process.returncode is None:
+                process.kill()  # never leave a hung demo behind
+                await process.wait()
         assert process.returncode == 0
         assert lines[-1].startswith("demo summary: ")
+        assert json.loads(lines[-1].removeprefix("demo summary: "))["interrupted"] is True

@@ -105,11 +105,17 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel ``tasks`` and wait for them, a bounded time each: the demo always ends."""
     for task in tasks:
         task.cancel()
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        try:
+            async with asyncio.timeout(10):
+                await task
+        except asyncio.CancelledError:
+            pass
+        except TimeoutError:
+            log.warning("demo: task %s did not stop within 10 s; leaving it", task.get_name())
 
 
 async def _run_everything(

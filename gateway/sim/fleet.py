@@ -147,8 +147,11 @@ class SimulatedTablet:
                 self.online = False
                 if connected:
                     self.stats.connected -= 1
-                    with contextlib.suppress(aiomqtt.MqttError):
-                        await client.__aexit__(None, None, None)
+                    # Bounded: a broker that never answers the DISCONNECT must not keep
+                    # a stopping fleet (the demo, a test) waiting forever.
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        async with asyncio.timeout(5):
+                            await client.__aexit__(None, None, None)
 
     async def _report_loop(self, client: aiomqtt.Client) -> None:
         topic = topics.tablet_state(self.device_id)
