@@ -42,14 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import topics
 from gateway.broker.mosquitto_config import render_mosquitto_config
-from gateway.commands.lab import (
-    AcademySigner,
-    GatewayProcess,
-    academy_view,
-    write_config,
-)
+from gateway.commands.lab import AcademySigner, academy_view
 from gateway.config import config_from_mapping
 from gateway.lab.academy import AcademyListener
+from gateway.lab.gateway_process import GatewayProcess
 from gateway.lab.mosquitto import (
     STAND_IN_ACADEMY_CONFIG,
     MosquittoProcess,
@@ -151,17 +147,15 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "http": {"host": "127.0.0.1", "port": free_port()},
         "commands": {"academy_keys": signer.config_keys()},
     }
-    config_file = write_config(workdir / "gateway.toml", table)
     school_conf = render_mosquitto_config(config_from_mapping(table))
     n = args.tablets
     async with (
         MosquittoProcess(workdir / "school", school_conf, port=school_port) as school,
         MosquittoProcess(workdir / "academy", STAND_IN_ACADEMY_CONFIG, port=academy_port),
     ):
-        gateway = GatewayProcess(config_file, workdir / "gateway.log")
+        gateway = GatewayProcess(table, workdir / "gateway")
         await gateway.start()
-        if not await gateway.wait_connected(60):
-            raise RuntimeError(f"gateway did not connect; see {workdir / 'gateway.log'}")
+        await gateway.wait_connected(60)
         listener = AcademyListener("127.0.0.1", academy_port)
         listener_task = asyncio.create_task(listener.run())
         await asyncio.wait_for(listener.subscribed.wait(), 10)

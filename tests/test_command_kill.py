@@ -18,14 +18,8 @@ import random
 import aiomqtt
 import pytest
 
-from gateway.commands.lab import (
-    AcademySigner,
-    GatewayProcess,
-    latest_progress,
-    results_for,
-    upstream,
-    write_config,
-)
+from gateway.commands.lab import AcademySigner, latest_progress, results_for, upstream
+from gateway.lab.gateway_process import GatewayProcess
 from gateway.lab.mosquitto import free_port
 from gateway.lab.waiting import wait_until
 from gateway.sim.commands import SimulatedCommands
@@ -52,8 +46,7 @@ class TestKilledGateway:
         self, tmp_path, school_broker, academy_broker, academy_listener
     ):
         signer = AcademySigner(SCHOOL)
-        config = write_config(
-            tmp_path / "gateway.toml",
+        gateway = GatewayProcess(
             {
                 "gateway": {
                     "school_id": SCHOOL,
@@ -69,8 +62,8 @@ class TestKilledGateway:
                 "http": {"host": "127.0.0.1", "port": free_port()},
                 "commands": {"academy_keys": signer.config_keys()},
             },
+            tmp_path / "gateway",
         )
-        gateway = GatewayProcess(config, tmp_path / "gateway.log")
         await gateway.start()
         assert await gateway.wait_connected(30), "gateway did not connect"
 

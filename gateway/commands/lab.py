@@ -3,19 +3,13 @@ subprocess, and reading what reached the academy (tests, demo, benchmark)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import os
-import signal
-import sys
 import time
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -148,120 +142,3 @@ def latest_progress(listener: AcademyListener, command_id: str) -> dict[str, Any
 
 def rejections(listener: AcademyListener) -> list[dict[str, Any]]:
     return [m["body"] for m in upstream(listener, "rejection")]
-
-
-class GatewayProcess:
-    """``python -m gateway run --config FILE`` as a child process, for kill tests.
-
-    Output lines are kept (bounded) so callers can wait for log lines.
-    """
-
-    def __init__(self, config_file: Path, log_file: Path, max_lines: int = 50_000) -> None:
-        self.config_file = config_file
-        self.log_file = log_file
-        self.lines: list[str] = []
-        self._max_lines = max_lines
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self.starts = 0
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None
-
-    async def start(self) -> None:
-        self.lines = []
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "run",
-            "--config",
-            str(self.config_file),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.starts += 1
-        self._reader = asyncio.create_task(self._read(self._process), name="gateway-output")
-
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        with self.log_file.open("a") as out:
-            out.write(f"--- start {self.starts} ---\n")
-            async for raw in process.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                out.write(line + "\n")
-                if len(self.lines) < self._max_lines:
-                    self.lines.append(line)
-
-    def saw(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-    async def wait_for_line(self, text: str, within_s: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within_s
-        while not self.saw(text):
-            if loop.time() > deadline or not self.running:
-                return self.saw(text)
-            await asyncio.sleep(0.02)
-        return True
-
-    async def wait_connected(self, within_s: float = 30.0) -> bool:
-        return await self.wait_for_line(
-            "school broker connected", within_s
-        ) and await self.wait_for_line("academy broker connected", within_s)
-
-    async def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        await self._end(signal.SIGKILL)
-
-    async def stop(self) -> None:
-        await self._end(signal.SIGTERM)
-
-    async def _end(self, signum: int) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signum)
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        self._process = None
-
-
-def write_config(path: Path, table: dict[str, dict[str, Any]]) -> Path:
-    """Write a gateway config as TOML (just the shapes the gateway config uses)."""
-    lines: list[str] = []
-    for section, values in table.items():
-        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items() if k not in nested]
-        for name, sub in nested.items():
-            lines.append(f"[{section}.{name}]")
-            lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in sub.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, Iterable):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from gateway.batching import next_batch
 from gateway.broker.link import Inbound
 from gateway.commands import queue
 from gateway.commands.progress import TabletResult, delivery_body, parse_result
@@ -69,28 +70,8 @@ class CommandResults:
 
     async def run(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = await next_batch(self._queue, self._batch_size, self._batch_window_s)
             await self._store(batch)
-
-    async def _next_batch(self) -> list[Inbound]:
-        batch = [await self._queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._batch_window_s
-        while len(batch) < self._batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a
-            # cancellation that races with a message arriving (shutdown hangs).
-            try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
-            except TimeoutError:
-                break
-        return batch
 
     async def _store(self, batch: list[Inbound]) -> None:
         results = [r for r in map(self._parse, batch) if r is not None]

@@ -2,14 +2,16 @@
 
 A subprocess can be SIGKILLed like a power cut, and its RSS and disk writes
 (``/proc/<pid>/io``) measure the gateway alone. Its live status comes from
-the admin API (``GET /api/status`` with the admin token).
+the admin API (``GET /api/status`` with the admin token); its output goes to
+``workdir/gateway.log`` and the latest lines are kept (bounded) so callers can
+wait for a log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -22,20 +24,11 @@ import psutil
 
 import gateway
 from gateway.errors import GatewayError
+from gateway.lab.config_file import write_config_file
 from gateway.web.admin_token import read_admin_token
 
 SOURCE_ROOT = Path(gateway.__file__).resolve().parents[1]
-
-
-def toml_text(table: dict[str, dict[str, Any]]) -> str:
-    """A TOML file for a two-level table of strings, numbers and booleans."""
-    out = []
-    for section, values in table.items():
-        out.append(f"[{section}]")
-        for key, value in values.items():
-            out.append(f"{key} = {json.dumps(value)}")
-        out.append("")
-    return "\n".join(out)
+MAX_LINES = 50_000
 
 
 class GatewayProcess:
@@ -49,7 +42,13 @@ class GatewayProcess:
         self.config_path = workdir / "gateway.toml"
         self.log_path = workdir / "gateway.log"
         self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.lines: collections.deque[str] = collections.deque(maxlen=MAX_LINES)
         self.starts = 0
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
 
     @property
     def pid(self) -> int:
@@ -58,24 +57,49 @@ class GatewayProcess:
         return self._process.pid
 
     async def start(self) -> None:
-        if self._process is not None and self._process.returncode is None:
+        if self.running:
             raise GatewayError("gateway process already running; stop or kill it first")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(toml_text(self.table))
-        with self.log_path.open("ab") as log_file:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway",
-                "run",
-                "--config",
-                str(self.config_path),
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(SOURCE_ROOT)},
-            )
+        write_config_file(self.table, self.config_path)
+        self.lines.clear()
+        self._process = process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--config",
+            str(self.config_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(SOURCE_ROOT)},
+        )
         self.starts += 1
+        self._reader = asyncio.create_task(self._keep_output(process), name="gateway-output")
+
+    async def _keep_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        with self.log_path.open("a") as log_file:
+            log_file.write(f"--- start {self.starts} ---\n")
+            async for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                log_file.write(line + "\n")
+                self.lines.append(line)
+
+    def saw(self, text: str) -> bool:
+        """Whether the current run logged a line containing ``text``."""
+        return any(text in line for line in self.lines)
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    async def wait_for_line(self, text: str, within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        while not self.saw(text):
+            if time.monotonic() > deadline or not self.running:
+                return self.saw(text)
+            await asyncio.sleep(0.02)
+        return True
 
     async def status(self) -> dict[str, Any] | None:
         """The admin API's status, or None while it does not answer."""
@@ -109,23 +133,28 @@ class GatewayProcess:
 
     async def kill(self) -> None:
         """SIGKILL: no flush, no goodbye (a power cut, as far as the process knows)."""
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
+        await self._end(signal.SIGKILL)
 
     async def stop(self) -> int | None:
-        """SIGTERM and wait (orderly shutdown)."""
+        """SIGTERM and wait (orderly shutdown); the exit status, None if not started."""
+        return await self._end(signal.SIGTERM)
+
+    async def _end(self, signum: int) -> int | None:
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return None if process is None else process.returncode
-        process.terminate()
-        try:
-            return await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            return await process.wait()
+        if process is None:
+            return None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        return process.returncode
 
     def io_and_memory(self) -> dict[str, int]:
         """Bytes written to storage (``/proc/<pid>/io`` write_bytes), write() bytes, and RSS."""

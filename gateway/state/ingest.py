@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from gateway.batching import next_batch
 from gateway.broker.link import Inbound
 from gateway.errors import RejectedInput
 from gateway.metrics import Counters
@@ -80,27 +81,8 @@ class StateIngest:
 
     async def run(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = await next_batch(self._queue, self._batch_size, self._batch_window_s)
             await self._store_batch(batch)
-
-    async def _next_batch(self) -> list[Inbound]:
-        batch = [await self._queue.get()]
-        deadline = time.monotonic() + self._batch_window_s
-        while len(batch) < self._batch_size:
-            if self._queue.empty():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-                # cancellation that races with a message arriving, hanging shutdown.
-                try:
-                    async with asyncio.timeout(remaining):
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
-            else:
-                batch.append(self._queue.get_nowait())
-        return batch
 
     async def _store_batch(self, batch: list[Inbound]) -> None:
         reports: list[StateReport] = []
