@@ -1,4 +1,4 @@
-"""The durable command queue: SQL over the store (tables in migration 10).
+"""The durable command queue: SQL over the store (tables in migration 4).
 
 ``commands`` holds each accepted command with its exact signed bytes;
 ``deliveries`` one row per target tablet. Functions taking a connection run

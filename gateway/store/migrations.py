@@ -1,9 +1,10 @@
 """Numbered schema migrations, applied in order at start-up.
 
 ``PRAGMA user_version`` records the last applied number, so a database from
-an older version upgrades in place. Never edit a shipped migration: add one.
-Numbers are reserved by flow: 1 shadow/meta, 2-9 relay, 10-19 commands,
-20-29 cache, 30-39 security.
+an older version upgrades in place. Never edit a shipped migration: add one,
+numbered one above the highest, so every database walks the same sequence:
+1 shadow and meta, 2 outbox, 3 pending state on the shadow, 4 commands and
+deliveries, 5 cache index, 6 enrollment and tablet identities.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ MIGRATIONS: dict[int, str] = {
     DELETE FROM outbox WHERE kind = 'state'
         AND dedup_key IN (SELECT device_id FROM shadow WHERE upstream_seq IS NOT NULL);
     """,
-    10: """
+    4: """
     CREATE TABLE commands (
         seq         INTEGER PRIMARY KEY AUTOINCREMENT, -- acceptance order = delivery order
         command_id  TEXT NOT NULL UNIQUE,              -- the academy's id; replay protection
@@ -87,7 +88,7 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX deliveries_to_publish ON deliveries (device_id, command_seq)
         WHERE state IN ('pending', 'sent');
     """,
-    20: """
+    5: """
     CREATE TABLE cache_items (
         sha256      TEXT PRIMARY KEY,              -- lowercase hex; the file name on disk
         size        INTEGER NOT NULL,
@@ -101,7 +102,7 @@ MIGRATIONS: dict[int, str] = {
         added       REAL NOT NULL
     );
     """,
-    30: """
+    6: """
     CREATE TABLE enrollment_token (
         token_hash TEXT PRIMARY KEY,        -- SHA-256 of the secret; the secret is never stored
         group_name TEXT NOT NULL DEFAULT '',
