@@ -1,16 +1,27 @@
-"""systemd notification protocol against a real AF_UNIX datagram socket."""
+"""The appliance's OS integration: systemd notifications and the mDNS announcement.
+
+systemd's protocol is tested against a real AF_UNIX datagram socket. The mDNS
+announcement is browsed with zeroconf over multicast on loopback inside a
+private network namespace (``unshare --net``), so no packet can leave the
+machine; without the privilege for that, only the pure part is tested.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.appliance.discovery import SERVICE_TYPE, build_service_info, gateway_properties
 from gateway.appliance.notify import (
     notify,
     notify_address,
@@ -163,3 +174,130 @@ class TestRunWatchdog:
     async def test_rejects_non_positive_interval(self) -> None:
         with pytest.raises(ValueError, match="positive"):
             await run_watchdog(0)
+
+
+# Runs inside a fresh network namespace whose only interface is loopback:
+# announce with announce_until_cancelled, browse and resolve with a second
+# zeroconf instance, cancel, and wait for the goodbye (Removed).
+BROWSE_IN_NAMESPACE = """
+import asyncio, json, subprocess, time
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+from gateway.appliance.discovery import SERVICE_TYPE, announce_until_cancelled, gateway_properties
+
+NAME = "Ecole Jaures gateway"
+
+async def main():
+    props = gateway_properties(school_id="ecole-jaures", gateway_id="gw-1", broker_port=1883,
+                               cache_url="http://127.0.0.1:8080/content/")
+    announcer = asyncio.create_task(
+        announce_until_cancelled(NAME, 8080, ["127.0.0.1"], props, interfaces=["127.0.0.1"]))
+    browser_zc = AsyncZeroconf(interfaces=["127.0.0.1"])
+    changes = []
+    browser = AsyncServiceBrowser(browser_zc.zeroconf, [SERVICE_TYPE], handlers=[
+        lambda zeroconf, service_type, name, state_change: changes.append(
+            [name, state_change.name])])
+    info = None
+    deadline = time.monotonic() + 15
+    while info is None and time.monotonic() < deadline:
+        info = await browser_zc.async_get_service_info(
+            SERVICE_TYPE, NAME + "." + SERVICE_TYPE, timeout=1000)
+    found = None if info is None else {
+        "port": info.port, "addresses": info.parsed_addresses(), "server": info.server,
+        "properties": {k.decode(): v.decode() for k, v in info.properties.items()}}
+    announcer.cancel()
+    try:
+        await announcer
+    except asyncio.CancelledError:
+        pass
+    deadline = time.monotonic() + 15
+    while [NAME + "." + SERVICE_TYPE, "Removed"] not in changes and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await browser.async_cancel()
+    await browser_zc.async_close()
+    print(json.dumps({"found": found, "changes": changes}))
+
+for command in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "lo", "multicast", "on"],
+                ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"]):
+    subprocess.run(command, check=True)
+asyncio.run(main())
+"""
+
+
+def can_unshare_network() -> bool:
+    """Whether this process may create a private network namespace with an ``ip`` tool."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if unshare is None or ip is None:
+        return False
+    probe = subprocess.run([unshare, "--net", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+class TestDiscoveryRecords:
+    """The DNS-SD records of a gateway announcement (no network)."""
+
+    def test_service_info(self) -> None:
+        props = gateway_properties(
+            school_id="ecole-jaures",
+            gateway_id="gw-1",
+            broker_port=1883,
+            cache_url="http://10.0.0.2:8080/content/",
+        )
+        info = build_service_info("Ecole Jaures gateway", 8080, ["10.0.0.2"], props)
+        assert info.type == SERVICE_TYPE == "_school-gateway._tcp.local."
+        assert info.name == "Ecole Jaures gateway._school-gateway._tcp.local."
+        assert info.server == "ecole-jaures-gateway.local."
+        assert info.port == 8080
+        assert info.parsed_addresses() == ["10.0.0.2"]
+        assert info.properties == {
+            b"txtvers": b"1",
+            b"school_id": b"ecole-jaures",
+            b"gateway_id": b"gw-1",
+            b"broker_port": b"1883",
+            b"cache_url": b"http://10.0.0.2:8080/content/",
+        }
+
+    def test_limits_name_the_problem(self) -> None:
+        with pytest.raises(ValueError, match="instance name"):
+            build_service_info("x" * 64, 8080, ["10.0.0.2"], {})
+        with pytest.raises(ValueError, match="port"):
+            build_service_info("gw", 0, ["10.0.0.2"], {})
+        with pytest.raises(ValueError, match="address"):
+            build_service_info("gw", 8080, [], {})
+        with pytest.raises(ValueError, match="cache_url"):
+            build_service_info("gw", 8080, ["10.0.0.2"], {"cache_url": "x" * 300})
+
+
+@pytest.mark.skipif(
+    not can_unshare_network(), reason="needs unshare --net (root) and ip for a private netns"
+)
+class TestDiscoveryOnLoopback:
+    """A zeroconf browser finds the announcement, then sees its goodbye."""
+
+    def test_browse_resolve_and_goodbye(self) -> None:
+        repo = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": str(repo)}
+        result = subprocess.run(
+            ["unshare", "--net", "--", sys.executable, "-c", BROWSE_IN_NAMESPACE],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["found"] == {
+            "port": 8080,
+            "addresses": ["127.0.0.1"],
+            "server": "ecole-jaures-gateway.local.",
+            "properties": {
+                "txtvers": "1",
+                "school_id": "ecole-jaures",
+                "gateway_id": "gw-1",
+                "broker_port": "1883",
+                "cache_url": "http://127.0.0.1:8080/content/",
+            },
+        }
+        name = "Ecole Jaures gateway._school-gateway._tcp.local."
+        assert report["changes"][0] == [name, "Added"]
+        assert report["changes"][-1] == [name, "Removed"]
