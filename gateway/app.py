@@ -1,0 +1,284 @@
+"""The gateway daemon: wires the flows together under one TaskGroup.
+
+Services (each a named task): the school broker link, the academy broker
+link, state ingest, the outbox drain, the summary maker, the command flow
+(intake of academy envelopes, delivery to tablets, expiry, tablet results),
+the update cache and the LAN HTTP server. ``stop()`` shuts down in order:
+publish offline status on both brokers, cancel the services, close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from gateway import __version__, topics
+from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
+from gateway.cache.service import CacheService
+from gateway.commands import queue as command_queue
+from gateway.commands.delivery import CommandDelivery
+from gateway.commands.envelope import VerifyPolicy
+from gateway.commands.intake import CommandIntake
+from gateway.commands.results import CommandResults
+from gateway.config import Config
+from gateway.errors import GatewayError, RejectedInput
+from gateway.metrics import Counters
+from gateway.relay import outbox
+from gateway.relay.drain import OutboxDrain
+from gateway.relay.outbox import OutboxBudget
+from gateway.relay.summaries import SummaryMaker, basic_box_health
+from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
+from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
+from gateway.security.tls import academy_context, school_broker_context
+from gateway.signed import load_public_keys
+from gateway.state.ingest import StateIngest
+from gateway.state.report import parse_presence
+from gateway.state.shadow import tablet_counts
+from gateway.state.summary import SummaryRules
+from gateway.store.database import Database
+from gateway.web.admin_token import load_or_create_admin_token
+from gateway.web.server import build_app, serve_until_cancelled
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "gateway.db"
+
+
+def _presence(online: bool, gateway_id: str) -> bytes:
+    return json.dumps({"online": online, "gateway_id": gateway_id}).encode()
+
+
+class Gateway:
+    """One gateway process: construct with a Config, then ``await run()``."""
+
+    def __init__(self, config: Config, counters: Counters | None = None) -> None:
+        self.config = config
+        self.counters = counters or Counters()
+        self.ready = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._started_at = time.monotonic()
+        self._db: Database | None = None
+        g = config.gateway
+        self.school_link = BrokerLink(
+            LinkSettings(
+                name="school",
+                host=config.school_broker.host,
+                port=config.school_broker.port,
+                client_id=f"gateway-{g.gateway_id}",
+                keepalive_s=config.school_broker.keepalive_s,
+                birth=Announcement(topics.GATEWAY_STATUS, _presence(True, g.gateway_id)),
+                will=Announcement(topics.GATEWAY_STATUS, _presence(False, g.gateway_id)),
+                subscriptions=(
+                    (topics.TABLET_STATE_FILTER, 1),
+                    (topics.TABLET_STATUS_FILTER, 1),
+                    (topics.TABLET_RESULTS_FILTER, 1),
+                ),
+                backoff_cap_s=5.0,
+            ),
+            self.counters,
+            on_message=self._route_school_message,
+        )
+        status_topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
+        self.academy_link = BrokerLink(
+            LinkSettings(
+                name="academy",
+                host=config.academy_broker.host,
+                port=config.academy_broker.port,
+                client_id=f"{g.school_id}-{g.gateway_id}",
+                keepalive_s=config.academy_broker.keepalive_s,
+                birth=Announcement(status_topic, _presence(True, g.gateway_id)),
+                will=Announcement(status_topic, _presence(False, g.gateway_id)),
+                subscriptions=((topics.academy_commands(g.school_id), 1),),
+            ),
+            self.counters,
+            on_message=self._route_academy_message,
+        )
+        self._academy_keys = load_public_keys(config.commands.academy_keys)
+        self._ingest: StateIngest | None = None
+        self.cache: CacheService | None = None
+        self._intake: CommandIntake | None = None
+        self._delivery: CommandDelivery | None = None
+        self._results: CommandResults | None = None
+        self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
+
+    def stop(self) -> None:
+        """Ask ``run`` to shut down in order (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        g = self.config.gateway
+        g.state_dir.mkdir(parents=True, exist_ok=True)
+        admin_token = load_or_create_admin_token(g.state_dir)
+        # Keys and certificates: made at first start, refused if others can read them.
+        identity = load_identity(self.config)
+        secure = not self.config.school_broker.lab_plain_listener
+        for link, tls in (
+            (self.school_link, school_broker_context(self.config)),
+            (self.academy_link, academy_context(self.config)),
+        ):
+            link.settings = dataclasses.replace(link.settings, tls=tls)
+        self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        try:
+            await write_broker_files(self.config, identity, db)
+            if identity.server_reissued and secure:
+                try:
+                    await reload_broker(self.config)
+                except GatewayError as exc:
+                    log.error("new server certificate not loaded by the broker yet: %s", exc)
+            uplink, tablets = self.config.uplink, self.config.tablets
+            drain = OutboxDrain(
+                db,
+                self.academy_link,
+                self.counters,
+                school_id=g.school_id,
+                gateway_id=g.gateway_id,
+                max_bytes_per_s=uplink.max_bytes_per_s,
+                batch_max_bytes=uplink.batch_max_bytes,
+            )
+            self._ingest = StateIngest(
+                db,
+                self.counters,
+                self.school_link.ack,
+                max_report_bytes=tablets.max_report_bytes,
+                budget=self.outbox_budget,
+                on_stored=lambda _reports: drain.notify(),
+            )
+            self.cache = cache = CacheService(self.config, db, self.counters)
+            await cache.open()
+            self._delivery = delivery = CommandDelivery(
+                db,
+                self.school_link,
+                self.counters,
+                redeliver_after_s=self.config.commands.redeliver_after_s,
+                retention_s=self.config.commands.retention_s,
+                on_committed=drain.notify,
+                on_pruned=lambda ids: intake.forget(ids),  # noqa: PLW0108 (intake comes next)
+            )
+            c = self.config.commands
+            self._intake = intake = CommandIntake(
+                db,
+                self.counters,
+                self.academy_link.ack,
+                keys=self._academy_keys,
+                policy=VerifyPolicy(
+                    school_id=g.school_id,
+                    max_envelope_bytes=c.max_envelope_bytes,
+                    clock_skew_s=c.clock_skew_s,
+                    max_ttl_s=c.max_ttl_s,
+                ),
+                max_unfinished=c.max_unfinished_commands,
+                on_accepted=delivery.command_accepted,
+                on_committed=drain.notify,
+            )
+            self._results = results = CommandResults(
+                db, self.counters, self.school_link.ack, on_committed=drain.notify
+            )
+            await intake.load()
+            await delivery.load()
+            summaries = SummaryMaker(
+                db,
+                self.outbox_budget,
+                self.counters,
+                interval_s=uplink.summary_interval_s,
+                rules=SummaryRules(
+                    low_battery_pct=tablets.low_battery_pct,
+                    low_storage_mb=tablets.low_storage_mb,
+                    required_apps=tablets.required_apps,
+                ),
+                health=lambda: basic_box_health(g.state_dir),
+                on_enqueued=drain.notify,
+            )
+            http_started = asyncio.Event()
+            web_app = build_app(self.status, admin_token, cache)
+            services: dict[str, Coroutine[Any, Any, None]] = {
+                "school-broker": self.school_link.run(),
+                "academy-broker": self.academy_link.run(),
+                "state-ingest": self._ingest.run(),
+                "outbox-drain": drain.run(),
+                "cache": cache.run(),
+                "command-intake": intake.run(),
+                "command-delivery": delivery.run_publisher(),
+                "command-expiry": delivery.run_expiry(),
+                "command-results": results.run(),
+                "summaries": summaries.run(),
+                "http": serve_until_cancelled(
+                    web_app, self.config.http.host, self.config.http.port, http_started
+                ),
+            }
+            if secure:
+                endpoint = EnrollmentEndpoint(self.config, identity, db, self.counters)
+                services["enrollment"] = serve_enrollment(endpoint)
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(coro, name=name) for name, coro in services.items()]
+                group.create_task(self._stop_when_asked(tasks), name="shutdown")
+                await http_started.wait()
+                await cache.running.wait()
+                self.ready.set()
+                log.info("gateway %s of school %s is up", g.gateway_id, g.school_id)
+        finally:
+            await db.close()
+            self._db = None
+            log.info("gateway stopped")
+
+    async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
+        await self._stop_requested.wait()
+        log.info("shutting down")
+        await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
+        for task in tasks:
+            task.cancel()
+
+    async def _route_school_message(self, message: Inbound) -> None:
+        topic = topics.parse_tablet_topic(message.topic)
+        if topic is not None and topic.channel == "status" and self._delivery and message.payload:
+            # Presence also drives command delivery, as it arrives (the shadow
+            # stores it too, through state ingest below).
+            try:
+                presence = parse_presence(topic.device_id, message.payload)
+            except RejectedInput:
+                pass  # state ingest rejects and counts it
+            else:
+                self._delivery.presence(presence.device_id, presence.online)
+        if topic is not None and topic.channel in ("state", "status") and self._ingest:
+            await self._ingest.accept(message)
+            return
+        if topic is not None and topic.channel == "results" and self._results:
+            await self._results.accept(message)
+            return
+        self.counters.inc("school_messages_ignored")
+        self.school_link.ack(message)
+
+    async def _route_academy_message(self, message: Inbound) -> None:
+        if message.topic == topics.academy_commands(self.config.gateway.school_id) and self._intake:
+            await self._intake.accept(message)
+            return
+        self.counters.inc("academy_messages_ignored")
+        self.academy_link.ack(message)
+
+    async def status(self) -> dict[str, Any]:
+        """What ``school-gateway status`` and the admin API show."""
+        g = self.config.gateway
+        known, online = await tablet_counts(self._db) if self._db else (0, 0)
+        return {
+            "school_id": g.school_id,
+            "gateway_id": g.gateway_id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "brokers": {
+                "school": self.school_link.is_connected,
+                "academy": self.academy_link.is_connected,
+            },
+            "tablets": {"known": known, "online": online},
+            "outbox": {
+                **(await outbox.backlog(self._db) if self._db else {}),
+                "budget_bytes": self.outbox_budget.budget_bytes,
+                "peak_bytes": self.outbox_budget.peak_bytes,
+            },
+            "cache": await self.cache.stats() if self.cache and self._db else {},
+            "commands": await command_queue.status_view(self._db) if self._db else {},
+            "counters": self.counters.snapshot(),
+        }

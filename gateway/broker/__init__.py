@@ -1,0 +1,1 @@
+"""MQTT adapter: a reconnecting link to one broker (aiomqtt over paho-mqtt)."""

@@ -1,0 +1,72 @@
+"""``python -m gateway cache ...``: seed the cache from a folder, show its stats.
+
+``cache import DIR`` asks the running gateway (admin API) to import, so its
+in-memory index stays right; if the gateway is not running it opens the
+store itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.config import load_config
+from gateway.errors import CacheError, GatewayError
+from gateway.metrics import Counters
+from gateway.store.database import Database
+from gateway.web.admin_token import read_admin_token
+
+DATABASE_FILE = "gateway.db"  # same file as gateway.app.DATABASE_FILE
+
+
+def register(commands: Any, default_config: Path) -> None:
+    cache = commands.add_parser("cache", help="the update cache")
+    actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    imp = actions.add_parser("import", help="import files matching manifest hashes (USB drive)")
+    imp.add_argument("dir", type=Path)
+    imp.add_argument("--config", type=Path, default=default_config)
+    imp.set_defaults(handler=_cmd_import)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    report = asyncio.run(import_directory(args.config, args.dir.resolve()))
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0 if not report.get("mismatched") and not report.get("refused") else 1
+
+
+async def import_directory(config_path: Path, folder: Path) -> dict[str, Any]:
+    config = load_config(config_path)
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    url = f"http://{host}:{config.http.port}/api/cache/import"
+    try:
+        token = read_admin_token(config.gateway.state_dir)
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
+            session.post(
+                url, json={"dir": str(folder)}, headers={"Authorization": f"Bearer {token}"}
+            ) as response,
+        ):
+            body: dict[str, Any] = await response.json()
+            if response.status != 200:
+                raise CacheError(f"gateway refused the import: {body.get('detail', body)}")
+            body["via"] = "running gateway"
+            return body
+    except (aiohttp.ClientConnectionError, GatewayError) as exc:
+        if isinstance(exc, CacheError):
+            raise
+    from gateway.cache.service import CacheService
+
+    db = await Database.open(config.gateway.state_dir / DATABASE_FILE)
+    try:
+        service = CacheService(config, db, Counters())
+        await service.open()
+        result = (await service.import_directory(folder)).as_dict()
+    finally:
+        await db.close()
+    result["via"] = "store (gateway not running)"
+    return result

@@ -1,0 +1,97 @@
+"""Seeding from a folder (a USB drive): files that hash to a wanted item are imported.
+
+Only files whose size equals a wanted item's size are read. Each is copied
+into the cache's partial folder while being hashed in the same pass; the
+copy is kept only if the hash names a wanted item, so what lands in the
+cache is exactly the bytes that were verified. Runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.cache.index import Entry
+from gateway.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+COPY_BLOCK = 1 << 20
+
+
+@dataclass
+class ImportReport:
+    """What an import did: verified files (sha -> path in the cache) and the rest."""
+
+    verified: dict[str, Path] = field(default_factory=dict)
+    examined: int = 0
+    skipped: int = 0
+    mismatched: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "imported": sorted(self.verified),
+            "examined": self.examined,
+            "skipped": self.skipped,
+            "mismatched": self.mismatched,
+            "refused": self.refused,
+        }
+
+
+async def import_files(
+    folder: Path,
+    wanted: Mapping[str, Entry],
+    staging: Path,
+    admit: Callable[[Entry], str | None],
+) -> ImportReport:
+    """Copy-and-verify every candidate file under ``folder`` into ``staging``."""
+    if not await asyncio.to_thread(folder.is_dir):
+        raise CacheError(f"{folder} is not a directory")
+    sizes = {e.size for e in wanted.values()}
+    report = ImportReport()
+    for root, _dirs, files in os.walk(folder):
+        for name in sorted(files):
+            path = Path(root) / name
+            report.examined += 1
+            try:
+                if not path.is_file() or path.is_symlink() or path.stat().st_size not in sizes:
+                    report.skipped += 1
+                    continue
+            except OSError:
+                report.skipped += 1
+                continue
+            tmp = staging / f".import-{os.getpid()}"
+            digest = await asyncio.to_thread(_copy_hashing, path, tmp)
+            entry = wanted.get(digest)
+            if entry is None or digest in report.verified:
+                tmp.unlink(missing_ok=True)
+                report.mismatched.append(str(path))
+                log.info("import: %s matches no wanted item", path)
+                continue
+            reason = admit(entry)
+            if reason is not None:
+                tmp.unlink(missing_ok=True)
+                report.refused.append(f"{path}: {reason}")
+                continue
+            final = staging / digest
+            os.replace(tmp, final)
+            report.verified[digest] = final
+            log.info("import: %s verified as %s (%s)", path, digest, entry.name)
+    return report
+
+
+def _copy_hashing(source: Path, target: Path) -> str:
+    hasher = hashlib.sha256()
+    with source.open("rb") as src, target.open("wb") as dst:
+        while block := src.read(COPY_BLOCK):
+            hasher.update(block)
+            dst.write(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return hasher.hexdigest()

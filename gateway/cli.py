@@ -1,0 +1,161 @@
+"""Command line: ``python -m gateway <command>``.
+
+    run               the daemon (under systemd on the box)
+    status            what the running gateway sees (admin API, or the store)
+    demo              brokers, gateway and simulated tablets on loopback
+    sim               simulated tablets against a broker
+    mosquitto-config  write the school broker's config from the gateway config
+    enroll            enrollment tokens, enrolled tablets, revocation (gateway.security.cli)
+    academy           the academy's side: keys, signed commands, watch results
+    cache import DIR  seed the update cache from a folder (USB drive), verifying hashes
+    decode            print an upstream payload (academy side) as JSON lines
+
+Each flow adds its own commands through a ``register(subparsers)`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway")
+
+DEFAULT_CONFIG = Path("/etc/school-gateway/gateway.toml")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to unbuffered stdout; journald takes it from there."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    logging.getLogger("mqtt").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.config import load_config
+
+    setup_logging(args.verbose)
+    config = load_config(args.config)
+    gateway = Gateway(config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, gateway.stop)
+        await gateway.run()
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from gateway.status_view import fetch_status, render_status
+
+    status = asyncio.run(fetch_status(args.config))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(render_status(status))
+    return 0
+
+
+def _cmd_mosquitto_config(args: argparse.Namespace) -> int:
+    from gateway.broker.mosquitto_config import render_mosquitto_config, write_mosquitto_config
+    from gateway.config import load_config
+
+    config = load_config(args.config)
+    if not config.school_broker.lab_plain_listener:
+        from gateway.security.broker_files import prepare_broker_files_now
+
+        prepare_broker_files_now(config)  # the CA, certificates, CRL and ACL it refers to
+    if args.output is None:
+        print(render_mosquitto_config(config), end="")
+    else:
+        write_mosquitto_config(config, args.output)
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from gateway.sim.run import run_sim
+
+    setup_logging(args.verbose)
+    return asyncio.run(run_sim(args))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    run.set_defaults(handler=_cmd_run)
+
+    status = commands.add_parser("status", help="show what the running gateway sees")
+    status.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_cmd_status)
+
+    mosquitto = commands.add_parser("mosquitto-config", help="write the school broker config")
+    mosquitto.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    mosquitto.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
+    mosquitto.set_defaults(handler=_cmd_mosquitto_config)
+
+    from gateway.cache.cli import register as register_cache
+
+    register_cache(commands, DEFAULT_CONFIG)
+
+    from gateway.sim.run import add_sim_arguments
+
+    sim = commands.add_parser("sim", help="simulate tablets against a school broker")
+    add_sim_arguments(sim)
+    sim.set_defaults(handler=_cmd_sim)
+
+    from gateway.security.cli import register as register_enroll
+
+    register_enroll(commands, DEFAULT_CONFIG)
+
+    from gateway.demo import add_demo_arguments
+
+    demo = commands.add_parser("demo", help="run everything on loopback and show what flows")
+    add_demo_arguments(demo)
+    demo.set_defaults(handler=_cmd_demo)
+
+    from gateway.academy.cli import register as register_academy
+
+    register_academy(commands)
+    from gateway.relay.decode import register as register_decode
+
+    register_decode(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

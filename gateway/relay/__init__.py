@@ -1,0 +1,1 @@
+"""State flow, academy side: what goes upstream, in what order, how fast."""

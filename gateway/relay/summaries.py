@@ -1,0 +1,98 @@
+"""Make a school summary every ``uplink.summary_interval_s`` and put it in the outbox.
+
+The adapter around gateway.state.summary.build_summary: it reads the shadow,
+the backlog and the shed totals from the store and the box health, builds
+the summary, and enqueues it (and enforces the outbox budget) in one
+transaction. The first summary is made right after start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from gateway.metrics import Counters
+from gateway.relay import outbox
+from gateway.relay.outbox import OutboxBudget
+from gateway.state.summary import SummaryRules, TabletView, build_summary
+from gateway.store.database import Database
+
+log = logging.getLogger(__name__)
+
+HealthSource = Callable[[], Mapping[str, Any]]
+
+
+def basic_box_health(state_dir: Path) -> dict[str, Any]:
+    """CPU, memory and the state directory's disk, from psutil.
+
+    A stand-in until gateway.health.box.collect_box_health lands.
+    """
+    disk = psutil.disk_usage(str(state_dir))
+    memory = psutil.virtual_memory()
+    return {
+        "cpu_pct": psutil.cpu_percent(interval=None),
+        "load_1m": round(psutil.getloadavg()[0], 2),
+        "memory_used_pct": memory.percent,
+        "memory_available_mb": memory.available // 1_000_000,
+        "disk_free_mb": disk.free // 1_000_000,
+        "disk_used_pct": disk.percent,
+    }
+
+
+async def load_tablet_views(db: Database) -> list[TabletView]:
+    rows = await db.fetch_all("SELECT device_id, online, last_seen, state FROM shadow")
+    return [TabletView(r[0], bool(r[1]), r[2], json.loads(r[3])) for r in rows]
+
+
+class SummaryMaker:
+    """The periodic summary task."""
+
+    def __init__(
+        self,
+        db: Database,
+        budget: OutboxBudget,
+        counters: Counters,
+        *,
+        interval_s: float,
+        rules: SummaryRules,
+        health: HealthSource,
+        on_enqueued: Callable[[], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._budget = budget
+        self._counters = counters
+        self._interval_s = interval_s
+        self._rules = rules
+        self._health = health
+        self._on_enqueued = on_enqueued
+
+    async def run(self) -> None:
+        while True:
+            await self.make_one()
+            await asyncio.sleep(self._interval_s)
+
+    async def make_one(self) -> dict[str, Any]:
+        """Build one summary from the store and enqueue it; returns its body."""
+        now = time.time()
+        body = build_summary(
+            await load_tablet_views(self._db),
+            now=now,
+            rules=self._rules,
+            health=self._health(),
+            backlog=await outbox.backlog(self._db, now),
+            shed=await outbox.shed_totals(self._db),
+        )
+        async with self._db.transaction() as conn:
+            await outbox.enqueue(conn, "summary", body, now=now)
+            await self._budget.enforce(conn)
+        self._counters.inc("summaries_made")
+        if self._on_enqueued is not None:
+            self._on_enqueued()
+        return body

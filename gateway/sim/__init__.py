@@ -1,0 +1,1 @@
+"""Tablet simulator: plays N tablets speaking the documented protocol."""

@@ -1,0 +1,1 @@
+"""State flow, tablet side: parsing reports, the device shadow, summaries."""

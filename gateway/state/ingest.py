@@ -1,0 +1,157 @@
+"""Ingest of tablet state reports and presence: validate, batch, commit, then ack.
+
+Messages wait in a bounded queue; the writer takes up to ``batch_size`` at a
+time (or what arrived within ``batch_window_s``), validates each, stores the
+valid ones in ONE transaction, and only after COMMIT acknowledges every
+message of the batch to the broker. Within a batch only the latest report of
+each tablet is written (the others are acknowledged too: they lost to a newer
+one). The same transaction marks each stored report pending upstream on its
+shadow row (gateway.relay.outbox: latest per tablet wins) and keeps the
+outbox under its byte budget, so what is acknowledged is also queued for the
+academy, and one commit carries up to ``batch_size`` reports (SD-card wear).
+A rejected message is counted, logged with the device and the reason, and
+acknowledged (redelivering it would not make it valid).
+
+At the queue bound, ``accept`` waits: the MQTT link stops reading, the
+broker stops sending once our in-flight window is full, and tablets' QoS 1
+publishes queue at the broker. Nothing is dropped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from gateway.broker.link import Inbound
+from gateway.errors import RejectedInput
+from gateway.metrics import Counters
+from gateway.relay.outbox import OutboxBudget, reserve_sequence
+from gateway.state.report import Presence, StateReport, parse_presence, parse_state_report
+from gateway.state.shadow import latest_per_tablet, store_presence, store_reports
+from gateway.store.database import Database
+from gateway.topics import parse_tablet_topic
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 5_000
+# One commit rewrites the shadow pages it touches (with 300 tablets, nearly
+# all of them), so disk bytes per report fall with reports per commit:
+# measured 344 B/report with 500 reports or 50 ms. A second's wait before
+# the broker gets its acknowledgement costs nobody anything.
+BATCH_SIZE = 2_000
+BATCH_WINDOW_S = 1.0
+
+Acknowledge = Callable[[Inbound], None]
+StoredHandler = Callable[[Sequence[StateReport]], None]
+
+
+class StateIngest:
+    """Turns inbound tablet messages into committed shadow rows."""
+
+    def __init__(
+        self,
+        db: Database,
+        counters: Counters,
+        acknowledge: Acknowledge,
+        *,
+        max_report_bytes: int,
+        budget: OutboxBudget | None = None,
+        on_stored: StoredHandler | None = None,
+        batch_size: int = BATCH_SIZE,
+        batch_window_s: float = BATCH_WINDOW_S,
+    ) -> None:
+        self._db = db
+        self._counters = counters
+        self._acknowledge = acknowledge
+        self._on_stored = on_stored
+        self._max_report_bytes = max_report_bytes
+        self._budget = budget
+        self._batch_size = batch_size
+        self._batch_window_s = batch_window_s
+        self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+
+    async def accept(self, message: Inbound) -> None:
+        """Queue one message from the school broker (waits at the bound)."""
+        if self._queue.full():
+            self._counters.inc("state_ingest_queue_full_waits")
+        await self._queue.put(message)
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            await self._store_batch(batch)
+
+    async def _next_batch(self) -> list[Inbound]:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self._batch_window_s
+        while len(batch) < self._batch_size:
+            if self._queue.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races with a message arriving, hanging shutdown.
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+            else:
+                batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _store_batch(self, batch: list[Inbound]) -> None:
+        reports: list[StateReport] = []
+        presences: list[Presence] = []
+        for message in batch:
+            parsed = self._parse(message)
+            if isinstance(parsed, StateReport):
+                reports.append(parsed)
+            elif isinstance(parsed, Presence):
+                presences.append(parsed)
+        now = time.time()
+        latest = latest_per_tablet(reports)
+        async with self._db.transaction() as conn:
+            if latest:
+                first_seq = await reserve_sequence(conn, len(latest))
+                await store_reports(conn, latest, now, first_seq)
+                if self._budget is not None:
+                    await self._budget.enforce(conn)
+            if presences:
+                await store_presence(conn, presences, now)
+        for message in batch:
+            self._acknowledge(message)
+        self._counters.inc("state_reports_stored", len(reports))
+        self._counters.inc("presence_updates_stored", len(presences))
+        if reports and self._on_stored is not None:
+            self._on_stored(reports)
+
+    def _parse(self, message: Inbound) -> StateReport | Presence | None:
+        topic = parse_tablet_topic(message.topic)
+        if topic is None:
+            self._counters.inc("tablet_messages_rejected_bad_topic")
+            log.warning("rejected message on unexpected topic %r", message.topic[:120])
+            return None
+        try:
+            if topic.channel == "state":
+                self._counters.inc("state_reports_received")
+                return parse_state_report(
+                    topic.device_id, message.payload, max_bytes=self._max_report_bytes
+                )
+            if topic.channel == "status":
+                if not message.payload:  # a cleared retained status
+                    return None
+                return parse_presence(topic.device_id, message.payload)
+        except RejectedInput as exc:
+            self._counters.inc(f"{topic.channel}_messages_rejected_{exc.reason}")
+            self._counters.inc("tablet_messages_rejected")
+            log.warning(
+                "rejected %s message from device %r: %s",
+                topic.channel,
+                topic.device_id[:80],
+                exc,
+            )
+            return None
+        return None

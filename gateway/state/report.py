@@ -1,0 +1,162 @@
+"""Tablet state reports and presence messages: parsing and validation (no I/O).
+
+A report is JSON (see docs/protocol.md). Anything else is RejectedInput with
+a reason code (used in counters) and a detail naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import RejectedInput
+from gateway.topics import DEVICE_ID_PATTERN
+
+MAX_APPS = 500
+MAX_CONTENT_ITEMS = 500
+MAX_TEXT = 64
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class StateReport:
+    """One validated state report from one tablet."""
+
+    device_id: str
+    seq: int
+    ts: float
+    battery_pct: int
+    charging: bool
+    storage_free_mb: int
+    storage_total_mb: int
+    os_version: str
+    apps: tuple[tuple[str, str], ...]
+    locked: bool
+    group: str
+    content: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The canonical JSON form stored in the shadow and relayed upstream."""
+        return {
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "battery_pct": self.battery_pct,
+            "charging": self.charging,
+            "storage_free_mb": self.storage_free_mb,
+            "storage_total_mb": self.storage_total_mb,
+            "os_version": self.os_version,
+            "apps": dict(self.apps),
+            "locked": self.locked,
+            "group": self.group,
+            "content": list(self.content),
+        }
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A tablet's birth or last-will message."""
+
+    device_id: str
+    online: bool
+
+
+def check_device_id(device_id: str) -> None:
+    if not DEVICE_ID_PATTERN.fullmatch(device_id):
+        raise RejectedInput(
+            "bad_device_id",
+            f"device id {device_id[:80]!r} must be 2-63 of a-z, 0-9, '-'",
+        )
+
+
+def _decode_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(payload) > max_bytes:
+        raise RejectedInput("too_large", f"payload is {len(payload)} bytes, limit {max_bytes}")
+    try:
+        value = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RejectedInput("not_json", f"payload is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise RejectedInput("bad_field", "payload must be a JSON object")
+    return value
+
+
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], *, what: str) -> Any:
+    if name not in obj:
+        raise RejectedInput("missing_field", f"field {name!r} is missing")
+    value = obj[name]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise RejectedInput("bad_field", f"field {name!r} must be {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise RejectedInput("bad_field", f"field {name!r} must be {what}, got {value!r:.80}")
+    return value
+
+
+def _int_in(obj: dict[str, Any], name: str, low: int, high: int) -> int:
+    value: int = _field(obj, name, int, what=f"an integer {low}..{high}")
+    if not low <= value <= high:
+        raise RejectedInput("bad_field", f"field {name!r} must be {low}..{high}, got {value}")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT:
+        raise RejectedInput("bad_field", f"{name} must be a string of 1-{MAX_TEXT} characters")
+    return value
+
+
+def parse_state_report(device_id: str, payload: bytes, *, max_bytes: int) -> StateReport:
+    """Validate a report published on ``tablets/<device_id>/state``."""
+    check_device_id(device_id)
+    obj = _decode_object(payload, max_bytes)
+    claimed = _field(obj, "device_id", str, what="a string")
+    if claimed != device_id:
+        raise RejectedInput(
+            "device_mismatch", f"report says device_id {claimed[:80]!r} on {device_id}'s topic"
+        )
+    ts = _field(obj, "ts", (int, float), what="a number (unix seconds)")
+    if not 0 <= ts < 2**40:
+        raise RejectedInput("bad_field", f"field 'ts' is out of range: {ts}")
+    apps_raw = obj.get("apps", {})
+    if not isinstance(apps_raw, dict) or len(apps_raw) > MAX_APPS:
+        raise RejectedInput("bad_field", f"field 'apps' must be an object of <= {MAX_APPS}")
+    apps = tuple(
+        sorted((_text(k, "app package"), _text(v, f"version of {k}")) for k, v in apps_raw.items())
+    )
+    content_raw = obj.get("content", [])
+    if not isinstance(content_raw, list) or len(content_raw) > MAX_CONTENT_ITEMS:
+        raise RejectedInput("bad_field", f"'content' must be a list of <= {MAX_CONTENT_ITEMS}")
+    for item in content_raw:
+        if not (isinstance(item, str) and SHA256_HEX.fullmatch(item)):
+            raise RejectedInput("bad_field", "field 'content' must hold lowercase sha256 hex")
+    group = obj.get("group", "")
+    if group != "" and not (isinstance(group, str) and DEVICE_ID_PATTERN.fullmatch(group)):
+        raise RejectedInput("bad_field", "field 'group' must be 2-63 of a-z, 0-9, '-'")
+    storage_total = _int_in(obj, "storage_total_mb", 0, 2**31)
+    storage_free = _int_in(obj, "storage_free_mb", 0, 2**31)
+    if storage_free > storage_total:
+        raise RejectedInput("bad_field", "storage_free_mb is larger than storage_total_mb")
+    return StateReport(
+        device_id=device_id,
+        seq=_int_in(obj, "seq", 0, 2**53),
+        ts=float(ts),
+        battery_pct=_int_in(obj, "battery_pct", 0, 100),
+        charging=_field(obj, "charging", bool, what="true or false"),
+        storage_free_mb=storage_free,
+        storage_total_mb=storage_total,
+        os_version=_text(obj.get("os_version"), "field 'os_version'"),
+        apps=apps,
+        locked=bool(_field(obj, "locked", bool, what="true or false")),
+        group=group,
+        content=tuple(content_raw),
+    )
+
+
+def parse_presence(device_id: str, payload: bytes) -> Presence:
+    """Validate a birth/will message on ``tablets/<device_id>/status``."""
+    check_device_id(device_id)
+    obj = _decode_object(payload, 1024)
+    online = _field(obj, "online", bool, what="true or false")
+    return Presence(device_id=device_id, online=online)

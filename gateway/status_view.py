@@ -1,0 +1,126 @@
+"""``python -m gateway status``: ask the running gateway, or read its store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.app import DATABASE_FILE
+from gateway.commands.queue import status_view as command_status
+from gateway.config import load_config
+from gateway.errors import GatewayError
+from gateway.state.shadow import tablet_counts
+from gateway.store.database import Database
+from gateway.web.admin_token import read_admin_token
+
+
+async def fetch_status(config_path: Path) -> dict[str, Any]:
+    """The live status from the admin API; the stored view if the gateway is down."""
+    config = load_config(config_path)
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    url = f"http://{host}:{config.http.port}/api/status"
+    try:
+        token = read_admin_token(config.gateway.state_dir)
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+        ):
+            if response.status == 200:
+                live: dict[str, Any] = await response.json()
+                live["running"] = True
+                return live
+            reason = f"admin API answered {response.status}"
+    except (aiohttp.ClientError, TimeoutError, GatewayError) as exc:
+        reason = f"gateway not reachable at {url}: {exc}"
+    return await stored_status(config.gateway.state_dir, reason)
+
+
+async def stored_status(state_dir: Path, reason: str) -> dict[str, Any]:
+    path = state_dir / DATABASE_FILE
+    result: dict[str, Any] = {"running": False, "reason": reason}
+    if not path.exists():
+        result["store"] = f"no database at {path}"
+        return result
+    db = await Database.open(path)
+    try:
+        known, online = await tablet_counts(db)
+        result["commands"] = await command_status(db)
+    finally:
+        await db.close()
+    result["tablets"] = {"known": known, "online": online}
+    return result
+
+
+def _command_lines(commands: dict[str, Any]) -> list[str]:
+    lines = [
+        f"commands: {commands.get('on_record', 0)} on record, "
+        f"{commands.get('unfinished', 0)} waiting for tablets"
+    ]
+    for c in commands.get("recent", []):
+        lines.append(
+            f"  {c['command_id']} {c['action']}: {c['targets']} targets, "
+            f"{c['delivered']} delivered, {c['done']} done, {c['failed']} failed, "
+            f"{c['expired']} expired" + (" (complete)" if c["complete"] else "")
+        )
+    return lines
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """A short human-readable view of a status dict."""
+    lines = []
+    if status.get("running"):
+        lines.append(
+            f"gateway {status['gateway_id']} (school {status['school_id']}), "
+            f"version {status['version']}, up {status['uptime_s']:.0f} s"
+        )
+        brokers = status["brokers"]
+        lines.append(
+            "brokers: school "
+            + ("connected" if brokers["school"] else "DOWN")
+            + ", academy "
+            + ("connected" if brokers["academy"] else "down (queueing)")
+        )
+    else:
+        lines.append(f"gateway not running ({status['reason']})")
+    if "tablets" in status:
+        t = status["tablets"]
+        lines.append(f"tablets: {t['known']} known, {t['online']} online")
+    if "commands" in status:
+        lines.extend(_command_lines(status["commands"]))
+    for section in ("outbox", "health"):
+        if section in status:
+            lines.append(f"{section}: {status[section]}")
+    if status.get("cache"):
+        lines.extend(render_cache(status["cache"]))
+    counters = status.get("counters", {})
+    if counters:
+        lines.append("counters:")
+        lines.extend(f"  {name} = {value}" for name, value in counters.items())
+    return "\n".join(lines)
+
+
+def render_cache(cache: dict[str, Any]) -> list[str]:
+    """The update cache: totals, then one line per item."""
+    mb = 1024 * 1024
+    hit = cache["hit_ratio"]
+    lines = [
+        f"cache: {cache['items_complete']}/{cache['items_known']} items cached "
+        f"({cache['items_pinned']} pinned), {cache['bytes_used'] / mb:.0f} of "
+        f"{cache['quota_bytes'] / mb:.0f} MB used; served {cache['lan_bytes_served'] / mb:.1f} MB "
+        f"on the LAN, {cache['origin_bytes'] / mb:.1f} MB from the origin, "
+        f"hit ratio {'-' if hit is None else f'{hit:.0%}'}, "
+        f"uplink saved {cache['uplink_bytes_saved'] / mb:.1f} MB, "
+        f"hash mismatches {cache['hash_mismatches']}"
+    ]
+    for d in cache["downloads"]:
+        lines.append(f"  downloading {d['sha256'][:12]} {d['received']}/{d['size']} bytes")
+    for item in cache["items"]:
+        state = "cached" if item["complete"] else "missing"
+        pin = "pinned" if item["pinned"] else "unpinned"
+        lines.append(
+            f"  {item['sha256'][:12]} {item['name'] or '-'} {item['version']} "
+            f"{item['size'] / mb:.1f} MB {state} {pin}, {item['tablets_holding']} tablets have it"
+        )
+    return lines

@@ -1,0 +1,1 @@
+"""SQLite adapter: one writer connection (WAL), numbered schema migrations."""

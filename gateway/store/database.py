@@ -1,0 +1,135 @@
+"""The store: one long-lived aiosqlite writer connection in WAL mode.
+
+All writes go through :meth:`Database.transaction`, which takes the write lock
+up front (BEGIN IMMEDIATE) and commits or rolls back as a unit. Durability is
+``synchronous=FULL``: a commit that returned survives a power cut, which is
+what lets the gateway acknowledge a message after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.errors import StoreError
+from gateway.store.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+Params = tuple[Any, ...] | Mapping[str, Any]
+
+
+class Database:
+    """The gateway's SQLite file. Use :meth:`open` and :meth:`close`."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, migrations: Mapping[int, str] = MIGRATIONS) -> Database:
+        """Open (creating if needed) and migrate the database at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        db = cls(path, conn)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await db._migrate(migrations)
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def schema_version(self) -> int:
+        row = await self.fetch_one("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    async def _migrate(self, migrations: Mapping[int, str]) -> None:
+        current = await self.schema_version()
+        for number in sorted(n for n in migrations if n > current):
+            log.info("applying schema migration %d to %s", number, self.path)
+            try:
+                script = migrations[number]
+                await self._conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;"
+                )
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    await self._conn.execute("ROLLBACK")
+                raise StoreError(f"schema migration {number} failed on {self.path}: {exc}") from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; commits on exit, rolls back on error."""
+        async with self._write_lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot begin transaction: {exc}") from exc
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            try:
+                await self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await self._conn.execute("ROLLBACK")
+                raise StoreError(f"commit failed: {exc}") from exc
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        try:
+            async with self._conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        try:
+            async with self._conn.execute(sql, params) as cursor:
+                row = await cursor.fetchone()
+                return row
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+
+    async def execute(self, sql: str, params: Params = ()) -> None:
+        """Run one write statement in its own transaction."""
+        async with self.transaction() as conn:
+            await conn.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        async with self.transaction() as conn:
+            await conn.executemany(sql, rows)
+
+
+async def next_sequence(conn: aiosqlite.Connection, name: str, count: int = 1) -> int:
+    """Reserve ``count`` numbers of the durable counter ``name`` inside a transaction.
+
+    Returns the first reserved number (numbers start at 1).
+    """
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (name,)) as cursor:
+        row = await cursor.fetchone()
+    last = int(row[0]) if row else 0
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (name, str(last + count)),
+    )
+    return last + 1

@@ -1,0 +1,127 @@
+"""Numbered schema migrations, applied in order at start-up.
+
+``PRAGMA user_version`` records the last applied number, so a database from
+an older version upgrades in place. Never edit a shipped migration: add one.
+Numbers are reserved by flow: 1 shadow/meta, 2-9 relay, 10-19 commands,
+20-29 cache, 30-39 security.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE shadow (
+        device_id   TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,          -- the latest valid report, canonical JSON
+        report_seq  INTEGER NOT NULL,       -- the tablet's own sequence number
+        group_name  TEXT NOT NULL DEFAULT '',
+        first_seen  REAL NOT NULL,
+        last_seen   REAL NOT NULL,
+        online      INTEGER NOT NULL DEFAULT 0,
+        presence_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX shadow_group ON shadow (group_name);
+    """,
+    2: """
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- per-gateway upstream sequence
+        kind       TEXT NOT NULL,                      -- result | rejection | summary | state
+        priority   INTEGER NOT NULL,                   -- drain order: lower first
+        dedup_key  TEXT,                               -- state: device id (latest wins)
+        body       TEXT NOT NULL,                      -- JSON
+        created    REAL NOT NULL
+    );
+    CREATE INDEX outbox_drain ON outbox (priority, seq);
+    CREATE UNIQUE INDEX outbox_latest ON outbox (kind, dedup_key) WHERE dedup_key IS NOT NULL;
+    """,
+    3: """
+    -- Pending tablet state lives on the shadow row itself: latest wins by
+    -- construction, and a report costs no outbox row (SD-card write economy).
+    ALTER TABLE shadow ADD COLUMN upstream_seq INTEGER;   -- seq of the pending state, NULL = sent
+    ALTER TABLE shadow ADD COLUMN upstream_since REAL;    -- when this tablet's state became pending
+    CREATE INDEX shadow_pending ON shadow (upstream_seq) WHERE upstream_seq IS NOT NULL;
+    -- One per-gateway sequence for the outbox table and the shadow marks.
+    INSERT INTO meta (key, value)
+    SELECT 'upstream_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM sqlite_sequence
+    WHERE name = 'outbox'
+    ON CONFLICT (key) DO NOTHING;
+    -- Pending state rows of migration 2 become shadow marks.
+    UPDATE shadow SET
+        upstream_seq = (SELECT o.seq FROM outbox o
+                        WHERE o.kind = 'state' AND o.dedup_key = shadow.device_id),
+        upstream_since = (SELECT o.created FROM outbox o
+                          WHERE o.kind = 'state' AND o.dedup_key = shadow.device_id)
+    WHERE device_id IN (SELECT dedup_key FROM outbox WHERE kind = 'state');
+    DELETE FROM outbox WHERE kind = 'state'
+        AND dedup_key IN (SELECT device_id FROM shadow WHERE upstream_seq IS NOT NULL);
+    """,
+    10: """
+    CREATE TABLE commands (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT, -- acceptance order = delivery order
+        command_id  TEXT NOT NULL UNIQUE,              -- the academy's id; replay protection
+        key_id      TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        issued_at   REAL NOT NULL,
+        not_after   REAL NOT NULL,
+        targets     TEXT NOT NULL,                     -- the signed target spec, JSON
+        payload     BLOB NOT NULL,                     -- the exact signed payload bytes
+        signature   BLOB NOT NULL,
+        payload_sha256 TEXT NOT NULL,
+        accepted_at REAL NOT NULL
+    );
+    CREATE TABLE deliveries (
+        device_id   TEXT NOT NULL,
+        command_seq INTEGER NOT NULL REFERENCES commands (seq) ON DELETE CASCADE,
+        state       TEXT NOT NULL DEFAULT 'pending',   -- see gateway/commands/progress.py
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_sent   REAL,
+        updated     REAL NOT NULL,
+        detail      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (device_id, command_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_by_command ON deliveries (command_seq, state);
+    CREATE INDEX deliveries_to_publish ON deliveries (device_id, command_seq)
+        WHERE state IN ('pending', 'sent');
+    """,
+    20: """
+    CREATE TABLE cache_items (
+        sha256      TEXT PRIMARY KEY,              -- lowercase hex; the file name on disk
+        size        INTEGER NOT NULL,
+        name        TEXT NOT NULL DEFAULT '',
+        kind        TEXT NOT NULL DEFAULT '',
+        version     TEXT NOT NULL DEFAULT '',
+        urls        TEXT NOT NULL DEFAULT '[]',    -- JSON list of origin URLs
+        pinned      INTEGER NOT NULL DEFAULT 0,    -- in the current manifest
+        complete    INTEGER NOT NULL DEFAULT 0,    -- on disk and its hash verified
+        last_access REAL NOT NULL DEFAULT 0,       -- for LRU eviction
+        added       REAL NOT NULL
+    );
+    """,
+    30: """
+    CREATE TABLE enrollment_token (
+        token_hash TEXT PRIMARY KEY,        -- SHA-256 of the secret; the secret is never stored
+        group_name TEXT NOT NULL DEFAULT '',
+        device_id  TEXT,                    -- chosen at creation, else at redemption
+        created    REAL NOT NULL,
+        expires    REAL NOT NULL,
+        redeemed   REAL                     -- NULL until used (single use)
+    );
+    CREATE TABLE tablet_identity (
+        device_id  TEXT PRIMARY KEY,        -- the certificate's CN, the broker user name
+        serial     TEXT NOT NULL UNIQUE,    -- certificate serial, hex
+        group_name TEXT NOT NULL DEFAULT '',
+        enrolled   REAL NOT NULL,
+        not_after  REAL NOT NULL,
+        revoked    REAL                     -- NULL while the tablet may connect
+    );
+    CREATE TABLE revoked_serial (
+        serial     TEXT PRIMARY KEY,        -- hex; every serial the CRL lists
+        revoked    REAL NOT NULL,
+        device_id  TEXT                     -- NULL for the gateway's reload probes
+    );
+    """,
+}

@@ -1,0 +1,73 @@
+"""aiohttp application for the LAN: ``/api/*`` needs the admin bearer token;
+``/content/*`` (the update cache, gateway.cache.http) is open to tablets."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.cache.service import CacheService
+
+log = logging.getLogger(__name__)
+
+StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+
+STATUS_PROVIDER: web.AppKey[StatusProvider] = web.AppKey("status_provider")
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+
+
+@web.middleware
+async def require_admin_token(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        expected = f"Bearer {request.app[ADMIN_TOKEN]}"
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return web.json_response(
+                {"error": "missing or wrong admin token"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return await handler(request)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STATUS_PROVIDER]())
+
+
+def build_app(
+    status: StatusProvider, admin_token: str, cache: CacheService | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[require_admin_token], client_max_size=64 * 1024)
+    app[STATUS_PROVIDER] = status
+    app[ADMIN_TOKEN] = admin_token
+    app.router.add_get("/api/status", _status)
+    if cache is not None:
+        from gateway.cache.http import add_content_routes
+
+        add_content_routes(app, cache)
+    return app
+
+
+async def serve_until_cancelled(
+    app: web.Application, host: str, port: int, started: asyncio.Event | None = None
+) -> None:
+    """Run ``app`` on host:port until the task is cancelled, then clean up."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("HTTP server listening on %s:%d", host, port)
+        if started is not None:
+            started.set()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
