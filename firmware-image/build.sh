@@ -108,8 +108,15 @@ begin "wheels"
 wheels="$work/wheels-$arch"
 rm -rf "$wheels"; mkdir -p "$wheels"
 if [ -z "$wheel" ]; then
-    python3 -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$wheels" "$repo" \
-        || python3 -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$repo"
+    # From a clean copy of the source: setuptools reuses an in-tree build/
+    # directory, which can carry modules since deleted into the wheel.
+    source_copy="$work/source"
+    rm -rf "$source_copy"; mkdir -p "$source_copy"
+    tar -C "$repo" --exclude=./.git --exclude=./build --exclude=./.venv --exclude='*.egg-info' \
+        --exclude=./firmware-image/work --exclude=./firmware-image/out -cf - . \
+        | tar -C "$source_copy" -xf -
+    python3 -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$source_copy"
+    rm -rf "$source_copy"
 else
     cp "$wheel" "$wheels/"
 fi
