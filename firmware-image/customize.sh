@@ -27,12 +27,11 @@ done
 cp -a "$here/rootfs/." "$root/"
 chmod 0755 "$root/usr/lib/school-gateway/provision"
 
-# The service user; Mosquitto joins its group to reach its persistence
-# directory inside the gateway's state directory (mode 0750).
+# The service user, for the gateway and (see the mosquitto drop-in) the
+# school broker.
 groupadd -R "$root" --system school-gateway
 useradd -R "$root" --system --gid school-gateway --home-dir /var/lib/school-gateway \
     --no-create-home --shell /usr/sbin/nologin --comment "School edge gateway" school-gateway
-usermod -R "$root" --append --groups school-gateway mosquitto
 
 # The gateway in its own venv. --system-site-packages lets bookworm's
 # python3-* packages satisfy what they can; pip takes the rest from the
@@ -57,23 +56,25 @@ if [ -f "$template" ] && [ ! -f "$share/mosquitto.conf.template" ]; then
 fi
 
 # Units.
-install -m 0644 "$repo/systemd/gateway.service" "$root/etc/systemd/system/gateway.service"
+for unit in gateway.service school-gateway-broker-reload.path \
+    school-gateway-broker-reload.service; do
+    install -m 0644 "$repo/systemd/$unit" "$root/etc/systemd/system/$unit"
+done
 install -D -m 0644 "$repo/systemd/mosquitto.service.d/school-gateway.conf" \
     "$root/etc/systemd/system/mosquitto.service.d/school-gateway.conf"
 systemctl --root="$root" enable gateway.service mosquitto.service \
-    school-gateway-firstboot.service systemd-networkd.service systemd-resolved.service \
-    systemd-timesyncd.service
+    school-gateway-broker-reload.path school-gateway-firstboot.service \
+    systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
 
 # The state directory is the data partition's root; owned by the service.
-install -d -m 0750 "$root/etc/school-gateway"
+# /etc/school-gateway matches the unit's ConfigurationDirectoryMode; the
+# provisioned gateway.toml in it is 0640 root:school-gateway.
+install -d -m 0755 "$root/etc/school-gateway"
 # Numeric ids from the image's passwd: the host's users are not the image's.
 ids() { awk -F: -v user="$1" '$1 == user { print $3 ":" $4 }' "$root/etc/passwd"; }
-install -d -m 0750 "$root/var/lib/school-gateway" "$root/var/lib/school-gateway/mosquitto"
+install -d -m 0750 "$root/var/lib/school-gateway"
 chown "$(ids school-gateway)" "$root/var/lib/school-gateway"
-chown "$(ids mosquitto)" "$root/var/lib/school-gateway/mosquitto"
-chown "0:$(ids school-gateway | cut -d: -f2)" "$root/etc/school-gateway"
 
-# Debian's /etc/mosquitto config is not used (the drop-in replaces it).
 # A machine id is made on first boot; an empty file makes it "first boot".
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
