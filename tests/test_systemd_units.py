@@ -1,0 +1,218 @@
+"""The systemd units: systemd-analyze verify and security exposure, offline.
+
+systemd need not run as PID 1: ``systemd-analyze --root=`` loads the units
+from a scratch root that holds systemd's own units, the unit files under test
+and stub executables for every command they run.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GATEWAY_UNIT = REPO / "systemd" / "gateway.service"
+MOSQUITTO_DROPIN = REPO / "systemd" / "mosquitto.service.d" / "school-gateway.conf"
+RELOAD_UNITS = ("school-gateway-broker-reload.path", "school-gateway-broker-reload.service")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+# Debian bookworm's /lib/systemd/system/mosquitto.service (mosquitto 2.0.11),
+# the unit the drop-in amends; embedded so the test does not need mosquitto.
+DEBIAN_MOSQUITTO_UNIT = """\
+[Unit]
+Description=Mosquitto MQTT Broker
+Documentation=man:mosquitto.conf(5) man:mosquitto(8)
+After=network.target
+Wants=network.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=/usr/sbin/mosquitto -c /etc/mosquitto/mosquitto.conf
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+ExecStartPre=/bin/mkdir -m 740 -p /var/log/mosquitto
+ExecStartPre=/bin/chown mosquitto /var/log/mosquitto
+ExecStartPre=/bin/mkdir -m 740 -p /run/mosquitto
+ExecStartPre=/bin/chown mosquitto /run/mosquitto
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+(?:\.\d+)?)")
+
+pytestmark = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (Debian package systemd)"
+)
+
+
+def host_unit_dir() -> Path | None:
+    """Where this host keeps systemd's own units (sysinit.target and friends)."""
+    for candidate in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")):
+        if (candidate / "sysinit.target").is_file():
+            return candidate
+    return None
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """Every ``Key=value`` of a unit file, in order; repeated keys keep every value."""
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";", "[")):
+            continue
+        key, _, value = stripped.partition("=")
+        settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def executables(text: str) -> set[str]:
+    """The absolute paths of the programs a unit's Exec* lines run."""
+    paths: set[str] = set()
+    for key, values in unit_settings(text).items():
+        if not key.startswith("Exec"):
+            continue
+        for value in values:
+            if value:
+                paths.add(value.split()[0].lstrip("-@:+!"))
+    return paths
+
+
+def analyze(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run systemd-analyze against the scratch root."""
+    assert SYSTEMD_ANALYZE is not None
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, f"--root={root}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def make_root(root: Path, gateway_unit: str) -> Path:
+    """A scratch root with systemd's units, ours, and stub executables."""
+    system_units = host_unit_dir()
+    if system_units is None:
+        pytest.skip("systemd's own units (sysinit.target) are not installed on this host")
+    units = root / "usr" / "lib" / "systemd" / "system"
+    shutil.copytree(system_units, units, symlinks=True)
+    (units / "mosquitto.service").write_text(DEBIAN_MOSQUITTO_UNIT)
+    local = root / "etc" / "systemd" / "system"
+    (local / "mosquitto.service.d").mkdir(parents=True)
+    (local / "gateway.service").write_text(gateway_unit)
+    reload_texts = []
+    for name in RELOAD_UNITS:
+        reload_texts.append((REPO / "systemd" / name).read_text())
+        (local / name).write_text(reload_texts[-1])
+    dropin = MOSQUITTO_DROPIN.read_text()
+    (local / "mosquitto.service.d" / "school-gateway.conf").write_text(dropin)
+    texts = [gateway_unit, dropin, DEBIAN_MOSQUITTO_UNIT, *reload_texts]
+    for program in set().union(*(executables(text) for text in texts)):
+        stub = root / program.lstrip("/")
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    return root
+
+
+def exposure(root: Path, unit: str) -> float:
+    """The overall exposure systemd-analyze security gives ``unit`` (0 safest, 10 worst)."""
+    result = analyze(root, "security", "--offline=true", "--no-pager", unit)
+    match = EXPOSURE.search(result.stdout + result.stderr)
+    if match is None:
+        pytest.fail(f"no exposure level in systemd-analyze output:\n{result.stdout}{result.stderr}")
+    return float(match.group(2))
+
+
+def complaints(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The lines of systemd-analyze output that concern our units."""
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if "gateway" in line or "mosquitto" in line]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """A scratch root holding the units as committed."""
+    yield make_root(tmp_path / "root", GATEWAY_UNIT.read_text())
+
+
+class TestVerify:
+    """systemd-analyze verify accepts the units as systemd would load them."""
+
+    def test_units_verify_cleanly(self, root: Path) -> None:
+        result = analyze(
+            root, "verify", "--man=no", "gateway.service", "mosquitto.service", *RELOAD_UNITS
+        )
+        assert complaints(result) == []
+        assert result.returncode == 0
+
+    def test_verify_catches_a_misspelt_key(self, tmp_path: Path) -> None:
+        broken = GATEWAY_UNIT.read_text().replace("LockPersonality=", "LockPersonalty=")
+        root = make_root(tmp_path / "broken", broken)
+        result = analyze(root, "verify", "--man=no", "gateway.service")
+        assert any("LockPersonalty" in line for line in complaints(result))
+
+    def test_verify_catches_a_missing_program(self, root: Path) -> None:
+        (root / "opt" / "school-gateway" / "bin" / "python").unlink()
+        result = analyze(root, "verify", "--man=no", "gateway.service")
+        assert result.returncode != 0
+
+
+class TestSecurity:
+    """systemd-analyze security exposure of the running services."""
+
+    def test_gateway_exposure_at_most_2_5(self, root: Path) -> None:
+        assert exposure(root, "gateway.service") <= 2.5
+
+    def test_dropin_hardens_debian_mosquitto(self, root: Path) -> None:
+        hardened = exposure(root, "mosquitto.service")
+        dropin = root / "etc" / "systemd" / "system" / "mosquitto.service.d" / "school-gateway.conf"
+        dropin.unlink()
+        assert hardened <= 2.5 < exposure(root, "mosquitto.service")
+
+
+class TestContract:
+    """The settings the gateway and the firmware image rely on."""
+
+    def test_gateway_unit(self) -> None:
+        settings = unit_settings(GATEWAY_UNIT.read_text())
+        assert settings["Type"] == ["notify"]
+        assert settings["NotifyAccess"] == ["main"]
+        assert settings["WatchdogSec"]
+        assert settings["Restart"] == ["on-failure"]
+        assert settings["User"] == ["school-gateway"]
+        assert "DynamicUser" not in settings
+        assert settings["StateDirectory"] == ["school-gateway"]
+        assert settings["ConfigurationDirectory"] == ["school-gateway"]
+        assert settings["ExecStart"] == [
+            "/opt/school-gateway/bin/python -m gateway run"
+            " --config /etc/school-gateway/gateway.toml"
+        ]
+        assert settings["CapabilityBoundingSet"] == [""]
+
+    def test_mosquitto_dropin_replaces_exec_start(self) -> None:
+        settings = unit_settings(MOSQUITTO_DROPIN.read_text())
+        assert settings["ExecStart"] == [
+            "",
+            "/usr/sbin/mosquitto -c /var/lib/school-gateway/mosquitto/mosquitto.conf",
+        ]
+        # Debian's root-only pre-start steps are reset; the generator runs as
+        # the service user, so the PKI it writes stays the gateway's.
+        assert settings["ExecStartPre"][0] == ""
+        assert "-m gateway mosquitto-config" in settings["ExecStartPre"][1]
+        assert settings["User"] == ["school-gateway"]
+        assert settings["CapabilityBoundingSet"] == [""]
+
+    def test_reload_path_watches_the_broker_files(self) -> None:
+        settings = unit_settings((REPO / "systemd" / RELOAD_UNITS[0]).read_text())
+        assert settings["PathChanged"] == [
+            "/var/lib/school-gateway/pki/acl",
+            "/var/lib/school-gateway/pki/crl.pem",
+        ]
