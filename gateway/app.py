@@ -18,8 +18,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 from gateway import __version__, topics
+from gateway.appliance.discovery import announce_until_cancelled, gateway_properties
+from gateway.appliance.notify import notify, run_watchdog, watchdog_interval
 from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
+from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
@@ -27,11 +30,13 @@ from gateway.commands.intake import CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import Config
 from gateway.errors import GatewayError, RejectedInput
+from gateway.health.box import collect_box_health
+from gateway.health.metrics import render_metrics
 from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
 from gateway.relay.outbox import OutboxBudget
-from gateway.relay.summaries import SummaryMaker, basic_box_health
+from gateway.relay.summaries import SummaryMaker
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
@@ -190,11 +195,12 @@ class Gateway:
                     low_storage_mb=tablets.low_storage_mb,
                     required_apps=tablets.required_apps,
                 ),
-                health=lambda: basic_box_health(g.state_dir),
+                health=lambda: collect_box_health(g.state_dir).as_dict(),
+                extra=self._summary_sections,
                 on_enqueued=drain.notify,
             )
             http_started = asyncio.Event()
-            web_app = build_app(self.status, admin_token, cache)
+            web_app = build_app(self.status, admin_token, cache, metrics=self.metrics)
             services: dict[str, Coroutine[Any, Any, None]] = {
                 "school-broker": self.school_link.run(),
                 "academy-broker": self.academy_link.run(),
@@ -213,12 +219,20 @@ class Gateway:
             if secure:
                 endpoint = EnrollmentEndpoint(self.config, identity, db, self.counters)
                 services["enrollment"] = serve_enrollment(endpoint)
+            if self.config.discovery.enabled:
+                announcement = self._announcement()
+                if announcement is not None:
+                    services["mdns"] = announcement
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(coro, name=name) for name, coro in services.items()]
                 group.create_task(self._stop_when_asked(tasks), name="shutdown")
                 await http_started.wait()
                 await cache.running.wait()
                 self.ready.set()
+                notify("READY=1")
+                interval = watchdog_interval()
+                if interval is not None:
+                    tasks.append(group.create_task(run_watchdog(interval), name="systemd-watchdog"))
                 log.info("gateway %s of school %s is up", g.gateway_id, g.school_id)
         finally:
             await db.close()
@@ -227,10 +241,55 @@ class Gateway:
 
     async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop_requested.wait()
+        notify("STOPPING=1")
         log.info("shutting down")
         await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
         for task in tasks:
             task.cancel()
+
+    async def _summary_sections(self) -> dict[str, Any]:
+        """What other flows add to each school summary."""
+        if self.cache is None:
+            return {}
+        return {"cache": summarize_cache(await self.cache.stats())}
+
+    def _announcement(self) -> Coroutine[Any, Any, None] | None:
+        """The mDNS announcement on the box's LAN addresses, or None without any."""
+        health = collect_box_health(self.config.gateway.state_dir)
+        addresses = [a for iface in health.interfaces for a in iface.ipv4]
+        if not addresses:
+            log.warning("mDNS: no LAN address to announce on")
+            return None
+        g, http = self.config.gateway, self.config.http
+        return announce_until_cancelled(
+            f"School gateway {g.gateway_id}",
+            http.port,
+            addresses,
+            gateway_properties(
+                school_id=g.school_id,
+                gateway_id=g.gateway_id,
+                broker_port=self.config.school_broker.tls_port,
+                cache_url=f"http://{addresses[0]}:{http.port}/content/",
+            ),
+        )
+
+    async def metrics(self) -> tuple[bytes, str]:
+        """``/metrics``: counters, backlog and tablet gauges, box health (Prometheus text)."""
+        gauges: dict[str, float] = {}
+        if self._db is not None:
+            backlog = await outbox.backlog(self._db)
+            known, online = await tablet_counts(self._db)
+            gauges = {
+                "outbox_rows": backlog["rows"],
+                "outbox_bytes": backlog["bytes"],
+                "outbox_oldest_age_seconds": backlog["oldest_age_s"],
+                "tablets_known": known,
+                "tablets_online": online,
+            }
+        gauges["academy_link_up"] = float(self.academy_link.is_connected)
+        gauges["school_link_up"] = float(self.school_link.is_connected)
+        health = collect_box_health(self.config.gateway.state_dir)
+        return render_metrics(self.counters.snapshot(), gauges, health)
 
     async def _route_school_message(self, message: Inbound) -> None:
         topic = topics.parse_tablet_topic(message.topic)

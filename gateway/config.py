@@ -149,6 +149,17 @@ class EnrollmentSection:
 
 
 @dataclass(frozen=True)
+class DiscoverySection:
+    """mDNS/DNS-SD announcement of the box on the LAN (``_school-gateway._tcp``).
+
+    Off unless configured: the shipped config/gateway.toml turns it on for the
+    box; development and test configs stay quiet on the network.
+    """
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one field per TOML table."""
 
@@ -161,6 +172,7 @@ class Config:
     cache: CacheSection = field(default_factory=CacheSection)
     commands: CommandsSection = field(default_factory=CommandsSection)
     enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
+    discovery: DiscoverySection = field(default_factory=DiscoverySection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import subprocess
@@ -114,3 +115,50 @@ class TestPromtool:
     def test_promtool_catches_a_bad_exposition(self) -> None:
         bad = b"# TYPE x_total gauge\nx_total 1\n"
         assert self.check(bad).returncode != 0
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) not installed")
+class TestMetricsEndpoint:
+    """A running gateway serves /metrics on the LAN server, and promtool accepts it."""
+
+    async def test_scrape_after_a_report(self, start_gateway, school_broker) -> None:
+        import json
+
+        import aiohttp
+        import aiomqtt
+
+        from gateway.lab.waiting import wait_until
+        from gateway.sim.model import TabletModel
+
+        running = await start_gateway()
+        report = TabletModel.create("tab-0001", "class-01", seed=1).report(1_764_000_000.0)
+        async with aiomqtt.Client(school_broker.host, school_broker.port) as tablet:
+            await tablet.publish("tablets/tab-0001/state", json.dumps(report).encode(), qos=1)
+            await tablet.publish("tablets/tab-0002/state", b"not json", qos=1)
+        counters = running.gateway.counters
+        assert await wait_until(lambda: counters.get("tablet_messages_rejected") == 1, 10)
+        assert await wait_until(lambda: counters.get("state_reports_stored") == 1, 10)
+
+        http = running.gateway.config.http
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{http.host}:{http.port}/metrics") as response,
+        ):
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            body = await response.read()
+        parsed = families(body)
+        assert parsed["school_gateway_state_reports_stored"][2][0][1] == 1.0
+        assert parsed["school_gateway_state_messages_rejected_not_json"][2][0][1] == 1.0
+        assert parsed["school_gateway_tablets_known"][2][0][1] == 1.0
+        assert parsed["school_gateway_academy_link_up"][2][0][1] == 1.0
+        promtool = await asyncio.create_subprocess_exec(
+            PROMTOOL,
+            "check",
+            "metrics",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, errors = await asyncio.wait_for(promtool.communicate(body), 30)
+        assert promtool.returncode == 0, errors.decode()

@@ -121,7 +121,8 @@ class TestDrainAfterOutage:
         assert max(s["backlog"]["rows"] for s in summaries) >= 30 + 40  # it saw its backlog
         summary = summaries[-1]
         assert summary["tablets"]["known"] == 40
-        assert set(summary["box"]) >= {"cpu_pct", "memory_used_pct", "disk_free_mb"}
+        assert set(summary["box"]) >= {"cpu_percent", "memory_available_bytes", "disk_free_bytes"}
+        assert summary["cache"]["items_pinned"] == 0  # the cache's section rides along
         assert await wait_until(lambda: gateway.counters.get("upstream_result_sent") == 30, 5)
 
 

@@ -45,12 +45,25 @@ KNOWN_HELP: dict[str, str] = {
 _INVALID = re.compile(r"[^a-zA-Z0-9_]+")
 
 
+_TYPE_WORDS = {
+    "summary": "summaries",
+    "histogram": "histograms",
+    "gauge": "gauges",
+    "counter": "counters",
+}
+
+
 def metric_name(name: str) -> str | None:
-    """The Prometheus name for a gateway counter or gauge name, or None if nothing is left."""
+    """The Prometheus name for a gateway counter or gauge name, or None if nothing is left.
+
+    A metric type as a word of the name (``upstream_summary_sent``) is put in
+    the plural: Prometheus' linter refuses names that read as a type.
+    """
     cleaned = _INVALID.sub("_", name.strip()).strip("_").lower()
     if not cleaned:
         return None
-    return PREFIX + cleaned
+    words = [_TYPE_WORDS.get(word, word) for word in cleaned.split("_")]
+    return PREFIX + "_".join(words)
 
 
 def help_text(name: str, *, counter: bool) -> str:

@@ -12,11 +12,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-
-import psutil
 
 from gateway.metrics import Counters
 from gateway.relay import outbox
@@ -27,23 +24,6 @@ from gateway.store.database import Database
 log = logging.getLogger(__name__)
 
 HealthSource = Callable[[], Mapping[str, Any]]
-
-
-def basic_box_health(state_dir: Path) -> dict[str, Any]:
-    """CPU, memory and the state directory's disk, from psutil.
-
-    A stand-in until gateway.health.box.collect_box_health lands.
-    """
-    disk = psutil.disk_usage(str(state_dir))
-    memory = psutil.virtual_memory()
-    return {
-        "cpu_pct": psutil.cpu_percent(interval=None),
-        "load_1m": round(psutil.getloadavg()[0], 2),
-        "memory_used_pct": memory.percent,
-        "memory_available_mb": memory.available // 1_000_000,
-        "disk_free_mb": disk.free // 1_000_000,
-        "disk_used_pct": disk.percent,
-    }
 
 
 async def load_tablet_views(db: Database) -> list[TabletView]:
@@ -63,6 +43,7 @@ class SummaryMaker:
         interval_s: float,
         rules: SummaryRules,
         health: HealthSource,
+        extra: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
@@ -71,6 +52,7 @@ class SummaryMaker:
         self._interval_s = interval_s
         self._rules = rules
         self._health = health
+        self._extra = extra
         self._on_enqueued = on_enqueued
 
     async def run(self) -> None:
@@ -89,6 +71,8 @@ class SummaryMaker:
             backlog=await outbox.backlog(self._db, now),
             shed=await outbox.shed_totals(self._db),
         )
+        if self._extra is not None:  # other flows' sections (the cache's)
+            body.update(await self._extra())
         async with self._db.transaction() as conn:
             await outbox.enqueue(conn, "summary", body, now=now)
             await self._budget.enforce(conn)

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
 STATUS_PROVIDER: web.AppKey[StatusProvider] = web.AppKey("status_provider")
+MetricsProvider = Callable[[], Awaitable[tuple[bytes, str]]]
+METRICS_PROVIDER: web.AppKey[MetricsProvider] = web.AppKey("metrics_provider")
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 
 
@@ -42,13 +44,26 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(await request.app[STATUS_PROVIDER]())
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = await request.app[METRICS_PROVIDER]()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def build_app(
-    status: StatusProvider, admin_token: str, cache: CacheService | None = None
+    status: StatusProvider,
+    admin_token: str,
+    cache: CacheService | None = None,
+    *,
+    metrics: MetricsProvider | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[require_admin_token], client_max_size=64 * 1024)
     app[STATUS_PROVIDER] = status
     app[ADMIN_TOKEN] = admin_token
     app.router.add_get("/api/status", _status)
+    if metrics is not None:
+        # Open on the LAN like /content: counters and gauges, no secrets.
+        app[METRICS_PROVIDER] = metrics
+        app.router.add_get("/metrics", _metrics)
     if cache is not None:
         from gateway.cache.http import add_content_routes
 
