@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from typing import Any
 
 import aiomqtt
+import pytest
 
+from gateway.app import DATABASE_FILE
+from gateway.broker import link
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import MosquittoProcess
 from gateway.lab.waiting import wait_until
@@ -110,3 +115,53 @@ class TestAcademyOutage:
         assert await academy_listener.wait_for(
             lambda: any(m["body"]["seq"] == 2 for m in relayed_states(academy_listener)), 10
         )
+
+
+@pytest.fixture(
+    params=[
+        (link.INTAKE_PAUSE_AT, link.INTAKE_RESUME_AT),
+        # Tiny bounds: the link pauses while its read buffer still holds whole
+        # messages, the last ones too, and must parse them when it resumes.
+        (7, 2),
+    ],
+    ids=["default-bounds", "tiny-bounds"],
+)
+def intake_bounds(request, monkeypatch):
+    pause_at, resume_at = request.param
+    monkeypatch.setattr(link, "INTAKE_PAUSE_AT", pause_at)
+    monkeypatch.setattr(link, "INTAKE_RESUME_AT", resume_at)
+
+
+class TestBacklogAtStart:
+    """What tablets sent while the gateway was down waits at the broker and is all taken."""
+
+    async def test_backlog_beyond_every_local_bound_is_stored_without_loss(
+        self, start_gateway, school_broker, tmp_path, intake_bounds
+    ):
+        # A long keepalive: a ping's answer must not be what wakes a stuck reader.
+        quiet = {"school_broker": {"keepalive_s": 300}}
+        running = await start_gateway(quiet)  # subscribes: the broker keeps its session
+        await running.stop()
+        tablets, reports_each = 200, 40  # 8,000: more than the link and the ingest hold
+        async with aiomqtt.Client(
+            school_broker.host, school_broker.port, identifier="backlog-publisher"
+        ) as client:
+            for seq in range(1, reports_each + 1):
+                await asyncio.gather(
+                    *(
+                        client.publish(
+                            f"tablets/tab-{i:04d}/state", good_report(f"tab-{i:04d}", seq), qos=1
+                        )
+                        for i in range(tablets)
+                    )
+                )
+
+        running = await start_gateway(quiet)
+        gateway = running.gateway
+        total = tablets * reports_each
+        assert await wait_until(lambda: gateway.counters.get("state_reports_stored") == total, 40)
+        assert gateway.counters.get("broker_school_intake_pauses") >= 1
+        assert gateway.counters.get("tablet_messages_rejected") == 0
+        with sqlite3.connect(tmp_path / "state" / DATABASE_FILE) as db:
+            latest = dict(db.execute("SELECT device_id, report_seq FROM shadow"))
+        assert latest == {f"tab-{i:04d}": reports_each for i in range(tablets)}

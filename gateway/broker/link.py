@@ -11,27 +11,40 @@ Inbound messages are acknowledged manually: the handler decides when to call
 that holds the message committed. Until then the broker keeps the message
 in flight, and redelivers it if we crash.
 
-The broker's ``max_inflight_messages`` is not a reliable bound: Mosquitto
-2.0.11 (Debian, Raspberry Pi OS) sends far more unacknowledged messages once
-some are queued for the client (measured: 20,000 in flight with a limit of
-1,000). aiomqtt would then discard what overflows its local queue, never
-acknowledged, so stuck until the next reconnect. The link therefore bounds
-its own intake: when ``INTAKE_PAUSE_AT`` messages wait locally it stops
-reading the socket (TCP pushes back; the broker keeps the rest queued) and
-reads again below ``INTAKE_RESUME_AT`` (counted in
-``broker_<name>_intake_pauses``).
+Inbound messages go straight from paho into the link's own bounded inbox
+(``_Intake``), read in bursts; aiomqtt's message queue is not used. Two
+reasons, both measured:
+
+- Bound: Mosquitto 2.0.11 (Debian, Raspberry Pi OS) does not hold to
+  ``max_inflight_messages`` once messages are queued for the client (20,000
+  in flight with a limit of 1,000), and aiomqtt discards what overflows its
+  queue, never acknowledged. The intake stops reading the socket when
+  ``INTAKE_PAUSE_AT`` messages wait (TCP pushes back; the broker keeps the
+  rest queued) and reads again below ``INTAKE_RESUME_AT`` (counted in
+  ``broker_<name>_intake_pauses``). Nothing is discarded.
+- Cost: paho reads one packet per readable event, with a recv call for each
+  of the first bytes, and aiomqtt adds a Message, a Task and an
+  ``asyncio.wait`` per message. The intake reads the socket 64 KB at a time
+  and parses every packet waiting, which halves the CPU per state report.
+
+It uses paho and aiomqtt internals (``_packet_read``, ``_sock_recv``,
+``_handle_on_message``, ``_packet_queue``, ``_disconnected``): pyproject.toml pins both to the
+versions tested.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+import struct
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from gateway.backoff import backoff_delay
 from gateway.errors import BrokerError
@@ -39,9 +52,12 @@ from gateway.metrics import Counters
 
 log = logging.getLogger(__name__)
 
-LOCAL_QUEUE_LIMIT = 20_000
+PENDING_CALLS_LIMIT = 20_000
 INTAKE_PAUSE_AT = 2_000
 INTAKE_RESUME_AT = 500
+RECV_BYTES = 64 * 1024
+READ_BURST = 500
+_PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id
 
 
 @dataclass(frozen=True)
@@ -85,31 +101,86 @@ class Inbound:
 InboundHandler = Callable[[Inbound], Awaitable[None]]
 
 
-class _IntakeGate:
-    """Stops reading the broker socket while too many messages wait in aiomqtt's queue."""
+class _Intake:
+    """The inbox of one connection: paho parses into it, the link's loop takes from it."""
 
-    def __init__(self, client: aiomqtt.Client, on_pause: Callable[[], None]) -> None:
+    def __init__(self, client: aiomqtt.Client, connection: int, on_pause: Callable[[], None]):
         self._client = client
         self._paho = client._client
+        self._connection = connection
         self._loop = asyncio.get_running_loop()
         self._on_pause = on_pause
+        self._messages: collections.deque[Inbound] = collections.deque()
+        self._arrived = asyncio.Event()
         self._paused_fd: int | None = None
+        self._recv_unbuffered = self._paho._sock_recv
+        self._buffer = b""
+        self._position = 0
         # Armed only once messages are consumed: before that, the birth's PUBACK
         # and the SUBACKs must still be read (they queue behind a resumed
         # session's messages). Nothing is acknowledged before, so the broker's
         # limit holds that long.
         self.armed = False
-        delivered = self._paho.on_message
+        paho = self._paho
+        paho._sock_recv = self._recv  # type: ignore[method-assign]
+        paho._handle_on_message = self._take  # type: ignore[method-assign]
+        opened = paho.on_socket_open
 
-        def on_message(paho_client: Any, userdata: Any, message: Any) -> None:
-            delivered(paho_client, userdata, message)  # type: ignore[misc]
-            if self.armed and self._paused_fd is None and self._waiting() >= INTAKE_PAUSE_AT:
-                self._pause()
+        def on_socket_open(client: Any, userdata: Any, sock: Any) -> None:
+            opened(client, userdata, sock)  # type: ignore[misc]
+            # After aiomqtt's reader is registered (same FIFO), replace it with ours.
+            self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), self._read)
 
-        self._paho.on_message = on_message
+        paho.on_socket_open = on_socket_open
 
-    def _waiting(self) -> int:
-        return self._client._queue.qsize()
+    def _recv(self, bufsize: int) -> bytes:
+        """paho's ``_sock_recv``, served from one large read of the socket."""
+        if self._position >= len(self._buffer):
+            self._buffer = self._recv_unbuffered(RECV_BYTES)  # raises BlockingIOError
+            self._position = 0
+        chunk = self._buffer[self._position : self._position + bufsize]
+        self._position += len(chunk)
+        return chunk
+
+    def _read(self) -> None:
+        """Parse every packet waiting (in bursts, so the loop's other work goes on)."""
+        paho = self._paho
+        try:
+            for _ in range(READ_BURST):
+                if paho._sock is None or self._paused_fd is not None:
+                    return
+                rc = paho._packet_read()
+                if rc == mqtt.MQTT_ERR_AGAIN:
+                    return
+                if rc > 0:
+                    paho._loop_rc_handle(rc)
+                    return
+            self._loop.call_soon(self._read)  # more may wait in our buffer
+        except Exception as exc:  # handed to aiomqtt, which raises it from its loop
+            disconnected = self._client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+            self._arrived.set()
+
+    def _take(self, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # the handlers reject it by topic
+            topic = message._topic.decode("utf-8", "replace")
+        payload = message.payload
+        self._messages.append(
+            Inbound(
+                topic=topic,
+                payload=payload if type(payload) is bytes else bytes(payload),
+                qos=message.qos,
+                retain=bool(message.retain),
+                mid=message.mid,
+                connection=self._connection,
+            )
+        )
+        self._arrived.set()
+        if self.armed and self._paused_fd is None and len(self._messages) >= INTAKE_PAUSE_AT:
+            self._pause()
 
     def _pause(self) -> None:
         sock = self._paho.socket()
@@ -119,22 +190,33 @@ class _IntakeGate:
         self._loop.remove_reader(self._paused_fd)
         self._on_pause()
 
-    def consumed(self) -> None:
-        """A message left the local queue: read again once it has room."""
-        if self._paused_fd is not None and self._waiting() <= INTAKE_RESUME_AT:
-            fd, self._paused_fd = self._paused_fd, None
-            sock = self._paho.socket()
-            if sock is not None and sock.fileno() == fd:
-                self._loop.add_reader(fd, self._read)
+    def _resume(self) -> None:
+        fd, self._paused_fd = self._paused_fd, None
+        sock = self._paho.socket()
+        if sock is not None and sock.fileno() == fd:
+            self._loop.add_reader(fd, self._read)
+            self._loop.call_soon(self._read)  # bytes may already wait in our buffer
 
-    def _read(self) -> None:
-        # What aiomqtt's own reader does: a read error means the connection broke.
+    async def next(self) -> Inbound:
+        """The next message; raises aiomqtt.MqttError once the connection is gone."""
+        while not self._messages:
+            await self._wait()
+        message = self._messages.popleft()
+        if self._paused_fd is not None and len(self._messages) <= INTAKE_RESUME_AT:
+            self._resume()
+        return message
+
+    async def _wait(self) -> None:
+        disconnected = self._client._disconnected
+        if disconnected.done():
+            cause = None if disconnected.cancelled() else disconnected.exception()
+            raise aiomqtt.MqttError("Disconnected during message iteration") from cause
+        self._arrived.clear()
+        arrived = self._loop.create_task(self._arrived.wait())
         try:
-            self._paho.loop_read()
-        except Exception as exc:  # handed to aiomqtt, which raises it from its loop
-            disconnected = self._client._disconnected
-            if not disconnected.done():
-                disconnected.set_exception(exc)
+            await asyncio.wait((arrived, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
 
 
 class BrokerLink:
@@ -202,7 +284,6 @@ class BrokerLink:
             keepalive=s.keepalive_s,
             will=will,
             tls_context=s.tls,
-            max_queued_incoming_messages=LOCAL_QUEUE_LIMIT,
             timeout=s.publish_timeout_s,
         )
         # paho acknowledges QoS 1 messages when on_message returns unless told
@@ -210,11 +291,14 @@ class BrokerLink:
         client._client.manual_ack_set(True)
         # Many concurrent QoS 1 publishes (a command fan-out, an outbox batch) are
         # normal here; aiomqtt would log a warning for each one past 10.
-        client.pending_calls_threshold = LOCAL_QUEUE_LIMIT
-        gate = _IntakeGate(client, lambda: self._counters.inc(f"broker_{s.name}_intake_pauses"))
+        client.pending_calls_threshold = PENDING_CALLS_LIMIT
+        self._connection += 1
+        intake = _Intake(
+            client,
+            self._connection,
+            lambda: self._counters.inc(f"broker_{s.name}_intake_pauses"),
+        )
         async with client:
-            self._connection += 1
-            connection = self._connection
             self._client = client
             if s.birth is not None:
                 await client.publish(s.birth.topic, s.birth.payload, qos=1, retain=True)
@@ -224,20 +308,9 @@ class BrokerLink:
             self._counters.inc(f"broker_{s.name}_connects")
             self._disconnected.clear()
             self.connected.set()
-            gate.armed = True
-            async for message in client.messages:
-                gate.consumed()
-                payload = message.payload
-                if not isinstance(payload, bytes | bytearray):
-                    payload = b"" if payload is None else str(payload).encode()
-                inbound = Inbound(
-                    topic=message.topic.value,
-                    payload=bytes(payload),
-                    qos=message.qos,
-                    retain=bool(message.retain),
-                    mid=message.mid,
-                    connection=connection,
-                )
+            intake.armed = True
+            while True:
+                inbound = await intake.next()
                 if self._on_message is None:
                     self.ack(inbound)
                 else:
@@ -253,6 +326,25 @@ class BrokerLink:
         if message.qos == 0 or client is None or message.connection != self._connection:
             return
         client._client.ack(message.mid, message.qos)
+
+    def ack_all(self, messages: Sequence[Inbound]) -> None:
+        """Acknowledge a batch of messages (after the transaction that holds them).
+
+        paho queues one packet per acknowledgement and asks the loop to write
+        for each; the same PUBACK packets go out here as one write.
+        """
+        client = self._client
+        if client is None:
+            return
+        mids = []
+        for message in messages:
+            if message.qos == 1 and message.connection == self._connection:
+                mids.append(message.mid)
+            elif message.qos > 1:
+                self.ack(message)
+        if mids:
+            pubacks = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+            client._client._packet_queue(mqtt.PUBACK, pubacks, 0, 0)
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
