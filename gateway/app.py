@@ -148,7 +148,7 @@ class Gateway:
             self._ingest = StateIngest(
                 db,
                 self.counters,
-                self.school_link.ack,
+                self.school_link.ack_all,
                 max_report_bytes=tablets.max_report_bytes,
                 budget=self.outbox_budget,
                 on_stored=lambda _reports: drain.notify(),

@@ -15,6 +15,7 @@ Academy broker (gateway <-> academy):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ class TabletTopic:
     channel: str
 
 
+@functools.lru_cache(maxsize=4096)  # every message's topic, parsed twice: router and ingest
 def parse_tablet_topic(topic: str) -> TabletTopic | None:
     """The device and channel of a tablet topic, or None if it is not one of ours.
 

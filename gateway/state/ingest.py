@@ -44,7 +44,7 @@ QUEUE_LIMIT = 5_000
 BATCH_SIZE = 2_000
 BATCH_WINDOW_S = 1.0
 
-Acknowledge = Callable[[Inbound], None]
+AcknowledgeAll = Callable[[Sequence[Inbound]], None]
 StoredHandler = Callable[[Sequence[StateReport]], None]
 
 
@@ -55,7 +55,7 @@ class StateIngest:
         self,
         db: Database,
         counters: Counters,
-        acknowledge: Acknowledge,
+        acknowledge_all: AcknowledgeAll,
         *,
         max_report_bytes: int,
         budget: OutboxBudget | None = None,
@@ -65,7 +65,7 @@ class StateIngest:
     ) -> None:
         self._db = db
         self._counters = counters
-        self._acknowledge = acknowledge
+        self._acknowledge_all = acknowledge_all
         self._on_stored = on_stored
         self._max_report_bytes = max_report_bytes
         self._budget = budget
@@ -103,8 +103,7 @@ class StateIngest:
                     await self._budget.enforce(conn)
             if presences:
                 await store_presence(conn, presences, now)
-        for message in batch:
-            self._acknowledge(message)
+        self._acknowledge_all(batch)
         self._counters.inc("state_reports_stored", len(reports))
         self._counters.inc("presence_updates_stored", len(presences))
         if reports and self._on_stored is not None:

@@ -54,8 +54,11 @@ class TabletRow:
     state: dict[str, Any]
 
 
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _CANONICAL.encode(value)
 
 
 async def store_reports(
