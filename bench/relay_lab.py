@@ -1,11 +1,13 @@
 """Shared parts of the relay benchmarks: raw publishers, a bare subscriber, helpers.
 
 The Python simulator (one aiomqtt client per tablet) cannot publish tens of
-thousands of reports per second on its own, so the benchmarks use a lighter
-raw publisher: one paho client per process publishing valid state reports
+thousands of reports per second on its own, so the benchmarks use lighter
+publishers: one connection per process publishing valid state reports
 (docs/protocol.md) on the topics of many tablets, QoS 1, from the same
-TabletModel the simulator uses. They run in their own processes
-(multiprocessing, spawn) so that the gateway subprocess is measured alone.
+TabletModel the simulator uses. ``paced_publisher`` is a paho client;
+``flat_out_publisher`` writes MQTT packets itself, for the ingest rate. They
+run in their own processes (multiprocessing, spawn) so that the gateway
+subprocess is measured alone.
 """
 
 from __future__ import annotations
