@@ -123,7 +123,9 @@ class TestDrainAfterOutage:
         assert summary["tablets"]["known"] == 40
         assert set(summary["box"]) >= {"cpu_percent", "memory_available_bytes", "disk_free_bytes"}
         assert summary["cache"]["items_pinned"] == 0  # the cache's section rides along
-        assert await wait_until(lambda: gateway.counters.get("upstream_messages_sent", kind="result") == 30, 5)
+        assert await wait_until(
+            lambda: gateway.counters.get("upstream_messages_sent", kind="result") == 30, 5
+        )
 
 
 class TestDecodeCommand:
