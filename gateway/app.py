@@ -17,6 +17,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from aiohttp import web
+
 from gateway import __version__, topics
 from gateway.appliance.discovery import announce_until_cancelled, gateway_properties
 from gateway.appliance.notify import notify, run_watchdog, watchdog_interval
@@ -27,18 +29,25 @@ from gateway.commands import queue as command_queue
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
+from gateway.commands.local import LocalActions
 from gateway.commands.results import CommandResults
 from gateway.config import Config
-from gateway.errors import GatewayError, RejectedInput
+from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
 from gateway.metrics import Counters, Reading
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
 from gateway.relay.outbox import OutboxBudget
+from gateway.school_console.accounts import ConsoleAccounts
+from gateway.school_console.console import install_console
+from gateway.school_console.services import BoxServices
+from gateway.school_console.setup import ensure_first_it_contact
 from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
+from gateway.security.identity import Identity
+from gateway.security.revocation import Revocation, revoke_tablet
 from gateway.security.tls import academy_context, school_broker_context
 from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
@@ -107,6 +116,7 @@ class Gateway:
         self._intake: CommandIntake | None = None
         self._delivery: CommandDelivery | None = None
         self._results: CommandResults | None = None
+        self.console: BoxServices | None = None
         self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
 
     def stop(self) -> None:
@@ -199,6 +209,15 @@ class Gateway:
             )
             http_started = asyncio.Event()
             web_app = build_app(self.status, admin_token, cache, metrics=self.metrics)
+            if self.config.console.enabled:
+                await self._add_console(
+                    web_app,
+                    db=db,
+                    drain=drain,
+                    delivery=delivery,
+                    identity=identity,
+                    secure=secure,
+                )
             services: dict[str, Coroutine[Any, Any, None]] = {
                 "school-broker": self.school_link.run(),
                 "academy-broker": self.academy_link.run(),
@@ -236,6 +255,66 @@ class Gateway:
             await db.close()
             self._db = None
             log.info("gateway stopped")
+
+    async def _add_console(
+        self,
+        web_app: web.Application,
+        *,
+        db: Database,
+        drain: OutboxDrain,
+        delivery: CommandDelivery,
+        identity: Identity,
+        secure: bool,
+    ) -> None:
+        """The school console on the LAN HTTP port (gateway/school_console)."""
+        g, console = self.config.gateway, self.config.console
+        self.console = BoxServices(
+            config=self.config,
+            db=db,
+            academy_link=self.academy_link,
+            school_link=self.school_link,
+            outbox_budget_bytes=self.outbox_budget.budget_bytes,
+            last_summary_acked=lambda: drain.last_acked.get("summary"),
+            local_actions=LocalActions(
+                db,
+                school_id=g.school_id,
+                max_unfinished=self.config.commands.max_unfinished_commands,
+                on_accepted=delivery.command_accepted,
+                on_committed=drain.notify,
+            ),
+            cache=self.cache,
+            revoke=(
+                (lambda device_id: self._revoke_tablet(identity, db, device_id)) if secure else None
+            ),
+            ca_fingerprint=identity.ca_fingerprint if secure else None,
+        )
+        await ensure_first_it_contact(
+            ConsoleAccounts(db),
+            g.state_dir,
+            console.first_it_contact,
+            console.first_it_password_hash,
+        )
+        install_console(web_app, self.console)
+
+    async def _revoke_tablet(self, identity: Identity, db: Database, device_id: str) -> Revocation:
+        """Revoke from the console, and record the tablet offline.
+
+        The broker cannot send the tablet's last will for it: the revoked
+        tablet's new ACL denies every topic, its will included. So once its
+        session is closed the gateway publishes the offline presence itself,
+        retained, replacing the tablet's retained birth.
+        """
+        result = await revoke_tablet(self.config, identity, db, device_id)
+        if result.session_closed:
+            try:
+                await self.school_link.publish(
+                    topics.tablet_status(device_id), b'{"online":false}', qos=1, retain=True
+                )
+            except BrokerError as exc:
+                log.warning(
+                    "revoked %s, but its offline presence was not published: %s", device_id, exc
+                )
+        return result
 
     async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop_requested.wait()

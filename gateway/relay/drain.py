@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from gateway.backoff import backoff_delay
 from gateway.broker.link import BrokerLink
@@ -57,6 +58,8 @@ class OutboxDrain:
         self._batch_rows = batch_rows
         self._pacer = Pacer(max_bytes_per_s, burst_bytes=max(batch_max_bytes, max_bytes_per_s))
         self._work = asyncio.Event()
+        # kind -> when the academy broker last acknowledged a batch of it (the console shows it).
+        self.last_acked: dict[str, float] = {}
 
     def notify(self) -> None:
         """New rows were committed."""
@@ -103,6 +106,7 @@ class OutboxDrain:
                 continue
             failures = 0
             await outbox.acknowledge(self._db, rows)
+            self.last_acked[kind] = time.time()
             self._counters.inc("upstream_batches_sent")
             self._counters.inc("upstream_bytes_sent", len(payload))
             self._counters.inc("upstream_messages_sent", len(rows), kind=kind)
