@@ -6,10 +6,13 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from babel.dates import format_datetime, format_time, format_timedelta
 from babel.numbers import format_decimal
 
+_DECIMAL = {"fr": ",", "en": "."}
+_GROUP = {"fr": "\u202f", "en": ","}
 _UNITS = {
     "fr": ("o", "ko", "Mo", "Go", "To"),
     "en": ("B", "kB", "MB", "GB", "TB"),
@@ -26,9 +29,12 @@ class Formatter:
     def number(self, value: float | int | None) -> str:
         if value is None:
             return "—"
+        if isinstance(value, int) or float(value).is_integer():
+            return f"{int(value):,}".replace(",", _GROUP.get(self.lang, ","))
         return format_decimal(value, locale=self.lang)
 
     def size(self, nbytes: float | int | None) -> str:
+        """1,2 Mo / 1.2 MB (decimal units; pages list hundreds: no Babel call per value)."""
         if nbytes is None:
             return "—"
         units = _UNITS.get(self.lang, _UNITS["en"])
@@ -37,14 +43,14 @@ class Formatter:
         while abs(value) >= 1000 and unit < len(units) - 1:
             value /= 1000
             unit += 1
-        pattern = "#,##0" if unit == 0 or value >= 100 else "#,##0.#"
-        return f"{format_decimal(value, format=pattern, locale=self.lang)}\u00a0{units[unit]}"
+        text = f"{value:.0f}" if unit == 0 or value >= 100 else f"{value:.1f}".rstrip("0").rstrip(".")
+        return f"{text.replace('.', _DECIMAL.get(self.lang, '.'))}\u00a0{units[unit]}"
 
     def age(self, seconds: float | None) -> str:
         """A duration such as "3 minutes" (rounded the way people say it)."""
         if seconds is None:
             return "—"
-        return format_timedelta(dt.timedelta(seconds=max(0.0, seconds)), locale=self.lang)
+        return _age(self.lang, _rounded(max(0.0, seconds)))
 
     def ago(self, ts: float | None) -> str:
         if not ts:
@@ -73,6 +79,19 @@ class Formatter:
             else:
                 shown[name] = self.number(value)
         return shown
+
+
+def _rounded(seconds: float) -> int:
+    """Seconds rounded to the unit the words will use, so equal words share a cache entry."""
+    for unit in (86_400, 3_600, 60):
+        if seconds >= unit:
+            return round(seconds / unit) * unit
+    return round(seconds)
+
+
+@lru_cache(maxsize=4096)
+def _age(lang: str, seconds: int) -> str:
+    return format_timedelta(dt.timedelta(seconds=seconds), locale=lang)
 
 
 def formatter(lang: str) -> Formatter:

@@ -46,6 +46,17 @@ def read_setup_code(state_dir: Path) -> str | None:
     return code or None
 
 
+def console_setup_code(config_path: Path) -> str | None:
+    """The set-up code as `status` prints it, or None (no code waiting, or unreadable)."""
+    from gateway.config import load_config
+
+    try:
+        code = read_setup_code(load_config(config_path).gateway.state_dir)
+    except ConfigError:
+        return None
+    return shown(code) if code else None
+
+
 def remove_setup_code(state_dir: Path) -> None:
     (state_dir / SETUP_CODE_FILE).unlink(missing_ok=True)
 
