@@ -107,7 +107,10 @@ class CacheSection:
     """The update cache on the box's disk."""
 
     quota_bytes: int = field(default=20_000_000_000, metadata={"min": 0})
-    min_free_bytes: int = field(default=1_000_000_000, metadata={"min": 0})
+    # The filesystem keeps max(min_free_bytes, min_free_percent of its size)
+    # free: 64 MB on the image's 1 GiB data partition, 5 % of a larger disk.
+    min_free_bytes: int = field(default=64_000_000, metadata={"min": 0})
+    min_free_percent: float = field(default=5.0, metadata={"min": 0, "max": 90})
     prefetch_bytes_per_s: int = field(default=500_000, metadata={"min": 1_000})
     offpeak_windows: tuple[str, ...] = ("22:00-06:00",)
     # Shared uplink budget of every cache download; 0 = no limit.
