@@ -42,7 +42,11 @@ class TestRenderStatus:
         assert "academy DOWN for 3 h 05 min (queueing)" in text
 
     def test_stopped_gateway_does_not_claim_tablets_online(self) -> None:
-        stopped = {"running": False, "reason": "gateway not reachable", "tablets": RUNNING["tablets"]}
+        stopped = {
+            "running": False,
+            "reason": "gateway not reachable",
+            "tablets": RUNNING["tablets"],
+        }
         text = render_status(stopped)
         assert "gateway NOT RUNNING" in text
         assert "2 online" not in text
