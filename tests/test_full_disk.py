@@ -1,0 +1,87 @@
+"""A full disk, for real: a small tmpfs mounted by the test under the cache.
+
+Issue 15 item 1: when the cache's filesystem fills mid-download, a write is
+short; the item must never be promoted (or served) as complete with bytes
+that are not the item's, and the download must be counted and logged as
+failed. When space returns, the item is fetched and served correctly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.lab.full_disk import CANNOT_MOUNT, can_mount, fill, free_bytes, small_tmpfs
+from gateway.lab.origin import Origin
+from gateway.lab.waiting import wait_until
+from tests.test_cache_flow import MB, CacheLab, blob, digest
+
+pytestmark = pytest.mark.skipif(not can_mount(), reason=CANNOT_MOUNT)
+
+
+@pytest.fixture
+def cache_on_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "state" / "cache", 2 * MB) as mounted:
+        yield mounted
+
+
+@pytest.fixture
+async def slow_origin() -> AsyncIterator[Origin]:
+    async with Origin(rate_bytes_per_s=100_000) as running:
+        yield running
+
+
+class TestCacheOnFullDisk:
+    """A short write is a failed download, never a verified item with a hole in it."""
+
+    async def test_short_write_is_never_promoted_or_served(
+        self, tmp_path, cache_on_tmpfs, slow_origin
+    ):
+        lab = CacheLab(tmp_path, slow_origin)
+        await lab.start(min_free_bytes=0, quota_bytes=10 * MB)
+        try:
+            data = blob(MB, 11)
+            item = lab.item("full.apk", data)
+            await lab.publish([item])
+            sha = item["sha256"]
+            part = lab.service.paths.part(sha)
+
+            async def client() -> bytes:
+                async with lab.session.get(f"{lab.base}/content/{sha}") as resp:
+                    assert resp.status == 200
+                    return await resp.read()
+
+            reader = asyncio.create_task(client())
+            assert await wait_until(lambda: part.exists() and part.stat().st_size > 0, 10)
+            # Leave less than one origin chunk free: the next write is short.
+            filler = fill(cache_on_tmpfs, leave_bytes=40_000)
+            assert await wait_until(
+                lambda: free_bytes(cache_on_tmpfs) == 0 or lab.service.active(sha) is None, 20
+            )
+            filler.unlink()  # space returns before the next chunk lands
+
+            try:
+                got = await reader
+            except aiohttp.ClientPayloadError:
+                got = None
+            # What a tablet took as the whole item is the item.
+            assert got is None or len(got) < len(data) or digest(got) == sha
+            assert await wait_until(lambda: lab.service.active(sha) is None, 30)
+            entry = lab.service.lookup(sha)
+            if entry.complete:
+                on_disk = lab.service.paths.object(sha).read_bytes()
+                assert hashlib.sha256(on_disk).hexdigest() == sha, "index says complete"
+            assert lab.counters.get("cache_write_errors") >= 1
+
+            # Space is back: the next request gets the real item, from a sound file.
+            status, _, body = await lab.get(sha)
+            assert status == 200 and digest(body) == sha
+            assert await wait_until(lambda: lab.service.lookup(sha).complete, 10)
+            assert lab.service.paths.object(sha).read_bytes() == data
+        finally:
+            await lab.stop()
