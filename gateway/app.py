@@ -128,6 +128,7 @@ class Gateway:
         ):
             link.settings = dataclasses.replace(link.settings, tls=tls)
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        outbox.track_peak(db)
         try:
             await write_broker_files(self.config, identity, db)
             if identity.server_reissued and secure:
@@ -335,7 +336,7 @@ class Gateway:
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),
                 "budget_bytes": self.outbox_budget.budget_bytes,
-                "peak_bytes": self.outbox_budget.peak_bytes,
+                "peak_bytes": await outbox.peak_bytes(self._db) if self._db else 0,
             },
             "cache": await self.cache.stats() if self.cache and self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},

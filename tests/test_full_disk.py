@@ -16,9 +16,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.errors import StoreError
 from gateway.lab.full_disk import CANNOT_MOUNT, can_mount, fill, free_bytes, small_tmpfs
 from gateway.lab.origin import Origin
 from gateway.lab.waiting import wait_until
+from gateway.store.database import Database
 from tests.test_cache_flow import MB, CacheLab, blob, digest
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason=CANNOT_MOUNT)
@@ -85,3 +87,28 @@ class TestCacheOnFullDisk:
             assert lab.service.paths.object(sha).read_bytes() == data
         finally:
             await lab.stop()
+
+
+class TestStoreOnFullDisk:
+    """A write that does not fit says the disk is full (item 11: not a ROLLBACK error)."""
+
+    async def test_full_disk_error_is_reported_not_the_rollback(self, tmp_path):
+        with small_tmpfs(tmp_path / "state", 1 * MB) as state:
+            db = await Database.open(state / "gateway.db")
+            try:
+                fill(state)
+                with pytest.raises(StoreError) as caught:
+                    async with db.transaction() as conn:
+                        for n in range(64):
+                            await conn.execute(
+                                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                                (f"k{n}", "x" * 60_000),
+                            )
+                assert "full" in str(caught.value), caught.value
+                assert "rollback" not in str(caught.value)
+                # The store is usable again once there is room.
+                (state / "filler").unlink()
+                await db.execute("INSERT INTO meta (key, value) VALUES ('after', '1')")
+                assert await db.fetch_one("SELECT value FROM meta WHERE key = 'after'")
+            finally:
+                await db.close()

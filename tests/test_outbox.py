@@ -36,6 +36,7 @@ async def store(db: Database, *reports, now: float = 1000.0) -> None:
 @pytest.fixture
 async def db(tmp_path: Path):
     database = await Database.open(tmp_path / "gateway.db")
+    outbox.track_peak(database)
     yield database
     await database.close()
 
@@ -196,7 +197,8 @@ class TestStoredOutbox:
         assert [r.body["n"] for r in rows if r.kind == "summary"] == [4]
         assert await outbox.shed_totals(db) == {"state": plan.count("state"), "summary": 4}
         assert counters.get("outbox_shed_summary") == 4
-        assert budget.peak_bytes == backlog["bytes"]
+        # The reports were committed before the budget was enforced: that excursion counts.
+        assert await outbox.peak_bytes(db) > 10_000 >= backlog["bytes"]
 
 
 class TestMigrationFromOutboxRows:

@@ -33,6 +33,7 @@ class Database:
         self.path = path
         self._conn = conn
         self._write_lock = asyncio.Lock()
+        self._before_commit: list[str] = []
 
     @classmethod
     async def open(cls, path: Path, migrations: Mapping[int, str] = MIGRATIONS) -> Database:
@@ -53,6 +54,10 @@ class Database:
             await conn.close()
             raise
         return db
+
+    def run_before_commit(self, sql: str) -> None:
+        """Run ``sql`` (no parameters) at the end of every write transaction, before COMMIT."""
+        self._before_commit.append(sql)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -85,14 +90,33 @@ class Database:
                 raise StoreError(f"cannot begin transaction: {exc}") from exc
             try:
                 yield self._conn
+                for sql in self._before_commit:
+                    await self._conn.execute(sql)
+            except sqlite3.Error as exc:
+                await self._rollback()
+                raise StoreError(f"write failed: {exc}") from exc
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await self._rollback()
                 raise
             try:
                 await self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                await self._conn.execute("ROLLBACK")
+                await self._rollback()
                 raise StoreError(f"commit failed: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        """Roll back what is left of a failed transaction, keeping the original error.
+
+        SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_IOERR):
+        then there is nothing to roll back, and a ROLLBACK would raise "no
+        transaction is active" over the error that matters.
+        """
+        if not self._conn.in_transaction:
+            return
+        try:
+            await self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("rollback after a failed write also failed: %s", exc)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         try:
