@@ -29,7 +29,7 @@ from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import Config
-from gateway.errors import GatewayError, RejectedInput
+from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
 from gateway.metrics import Counters
@@ -54,8 +54,11 @@ log = logging.getLogger(__name__)
 DATABASE_FILE = "gateway.db"
 
 
-def _presence(online: bool, gateway_id: str) -> bytes:
-    return json.dumps({"online": online, "gateway_id": gateway_id}).encode()
+def _presence(online: bool, gateway_id: str, store: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"online": online, "gateway_id": gateway_id}
+    if store is not None:
+        body["store"] = store
+    return json.dumps(body).encode()
 
 
 class Gateway:
@@ -213,6 +216,7 @@ class Gateway:
                 "command-expiry": delivery.run_expiry(),
                 "command-results": results.run(),
                 "summaries": summaries.run(),
+                "store-health": self._report_store_health(db),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -247,6 +251,25 @@ class Gateway:
         await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
         for task in tasks:
             task.cancel()
+
+    async def _report_store_health(self, db: Database) -> None:
+        """Tell the academy when the store stops (and starts again) taking writes.
+
+        The outbox cannot hold this news while the disk is full, so it goes
+        straight onto the retained gateway status topic (docs/protocol.md).
+        """
+        g = self.config.gateway
+        topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
+        while True:
+            await db.health.changed.wait()
+            db.health.changed.clear()
+            store = {"writable": db.health.writable, "error": db.health.error}
+            try:
+                await self.academy_link.publish(
+                    topic, _presence(True, g.gateway_id, store), qos=1, retain=True
+                )
+            except BrokerError as exc:
+                log.info("store health not reported upstream (academy link: %s)", exc)
 
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
@@ -287,6 +310,9 @@ class Gateway:
                 "tablets_known": known,
                 "tablets_online": online,
             }
+        if self._db is not None:
+            gauges["store_writable"] = float(self._db.health.writable)
+            gauges["store_write_failures"] = float(self._db.health.failures)
         gauges["academy_link_up"] = float(self.academy_link.is_connected)
         gauges["school_link_up"] = float(self.school_link.is_connected)
         health = collect_box_health(self.config.gateway.state_dir)
@@ -332,6 +358,7 @@ class Gateway:
                 "school": self.school_link.is_connected,
                 "academy": self.academy_link.is_connected,
             },
+            "store": self._db.health.as_dict() if self._db else {},
             "tablets": {"known": known, "online": online},
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),

@@ -18,12 +18,15 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.errors import StoreError
+from gateway.errors import StoreError, StoreUnavailable
+from gateway.store.health import StoreHealth
 from gateway.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
 Params = tuple[Any, ...] | Mapping[str, Any]
+# SQLITE_FULL, SQLITE_IOERR (any extended code): the disk, not the statement.
+_UNAVAILABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 
 
 class Database:
@@ -34,6 +37,7 @@ class Database:
         self._conn = conn
         self._write_lock = asyncio.Lock()
         self._before_commit: list[str] = []
+        self.health = StoreHealth()
 
     @classmethod
     async def open(cls, path: Path, migrations: Mapping[int, str] = MIGRATIONS) -> Database:
@@ -87,14 +91,14 @@ class Database:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot begin transaction: {exc}") from exc
+                raise self._translate("cannot begin transaction", exc) from exc
             try:
                 yield self._conn
                 for sql in self._before_commit:
                     await self._conn.execute(sql)
             except sqlite3.Error as exc:
                 await self._rollback()
-                raise StoreError(f"write failed: {exc}") from exc
+                raise self._translate("write failed", exc) from exc
             except BaseException:
                 await self._rollback()
                 raise
@@ -102,7 +106,17 @@ class Database:
                 await self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 await self._rollback()
-                raise StoreError(f"commit failed: {exc}") from exc
+                raise self._translate("commit failed", exc) from exc
+            self.health.succeeded()
+
+    def _translate(self, what: str, exc: sqlite3.Error) -> StoreError:
+        """StoreUnavailable for a disk that refuses writes now (recorded in ``health``)."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in _UNAVAILABLE or "disk is full" in str(exc):
+            unavailable = StoreUnavailable(f"{what}: {exc}")
+            self.health.failed(unavailable)
+            return unavailable
+        return StoreError(f"{what}: {exc}")
 
     async def _rollback(self) -> None:
         """Roll back what is left of a failed transaction, keeping the original error.
