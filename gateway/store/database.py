@@ -28,6 +28,9 @@ Params = tuple[Any, ...] | Mapping[str, Any]
 # SQLITE_FULL, SQLITE_IOERR (any extended code): the disk, not the statement.
 _UNAVAILABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 
+# The store's file name in the state directory (the daemon, the CLIs and the lab share it).
+DATABASE_FILE = "gateway.db"
+
 
 class Database:
     """The gateway's SQLite file. Use :meth:`open` and :meth:`close`."""
