@@ -9,8 +9,8 @@ import aiohttp
 from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.outbox import OutboxBudget
+from gateway.security.admin_token import TOKEN_FILE, read_admin_token
 from gateway.store.database import Database
-from gateway.web.admin_token import TOKEN_FILE, read_admin_token
 
 
 class TestAdminToken:
