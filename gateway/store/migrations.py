@@ -159,4 +159,9 @@ MIGRATIONS: dict[int, str] = {
         UPDATE outbox_size SET bytes = bytes - length(CAST(old.state AS BLOB));
     END;
     """,
+    8: """
+    -- The report order (gateway.state.order): seq within an epoch, retired epochs.
+    ALTER TABLE shadow ADD COLUMN report_epoch TEXT NOT NULL DEFAULT '';
+    ALTER TABLE shadow ADD COLUMN retired_epochs TEXT NOT NULL DEFAULT '[]';
+    """,
 }
