@@ -29,7 +29,7 @@ from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import Config
-from gateway.errors import GatewayError, RejectedInput
+from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
 from gateway.metrics import Counters, Reading
@@ -55,8 +55,11 @@ log = logging.getLogger(__name__)
 CERTIFICATE_POLL_S = 10.0
 
 
-def _presence(online: bool, gateway_id: str) -> bytes:
-    return json.dumps({"online": online, "gateway_id": gateway_id}).encode()
+def _presence(online: bool, gateway_id: str, store: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"online": online, "gateway_id": gateway_id}
+    if store is not None:
+        body["store"] = store
+    return json.dumps(body).encode()
 
 
 class Gateway:
@@ -130,6 +133,7 @@ class Gateway:
             self.school_link.settings, tls=school_broker_context(self.config)
         )
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        outbox.track_peak(db)
         try:
             await write_broker_files(self.config, identity, db)
             if identity.server_reissued and secure:
@@ -215,6 +219,7 @@ class Gateway:
                 "command-expiry": delivery.run_expiry(),
                 "command-results": results.run(),
                 "summaries": summaries.run(),
+                "store-health": self._report_store_health(db),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -277,6 +282,25 @@ class Gateway:
         for task in tasks:
             task.cancel()
 
+    async def _report_store_health(self, db: Database) -> None:
+        """Tell the academy when the store stops (and starts again) taking writes.
+
+        The outbox cannot hold this news while the disk is full, so it goes
+        straight onto the retained gateway status topic (docs/protocol.md).
+        """
+        g = self.config.gateway
+        topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
+        while True:
+            await db.health.changed.wait()
+            db.health.changed.clear()
+            store = {"writable": db.health.writable, "error": db.health.error}
+            try:
+                await self.academy_link.publish(
+                    topic, _presence(True, g.gateway_id, store), qos=1, retain=True
+                )
+            except BrokerError as exc:
+                log.info("store health not reported upstream (academy link: %s)", exc)
+
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
         if self.cache is None:
@@ -318,6 +342,7 @@ class Gateway:
                 Reading("outbox_oldest_age_seconds", backlog["oldest_age_s"]),
                 Reading("tablets_known", known),
                 Reading("tablets_online", online),
+                Reading("store_writable", float(self._db.health.writable)),
             ]
         health = collect_box_health(self.config.gateway.state_dir)
         return render_metrics(self.counters, gauges, health)
@@ -371,11 +396,12 @@ class Gateway:
                 ),
                 "problem": self._uplink_problem,
             },
+            "store": self._db.health.as_dict() if self._db else {},
             "tablets": {"known": known, "online": online},
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),
                 "budget_bytes": self.outbox_budget.budget_bytes,
-                "peak_bytes": self.outbox_budget.peak_bytes,
+                "peak_bytes": await outbox.peak_bytes(self._db) if self._db else 0,
             },
             "cache": await self.cache.stats() if self.cache and self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},
