@@ -43,7 +43,10 @@ class Formatter:
         while abs(value) >= 1000 and unit < len(units) - 1:
             value /= 1000
             unit += 1
-        text = f"{value:.0f}" if unit == 0 or value >= 100 else f"{value:.1f}".rstrip("0").rstrip(".")
+        if unit == 0 or value >= 100:
+            text = f"{value:.0f}"
+        else:
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
         return f"{text.replace('.', _DECIMAL.get(self.lang, '.'))}\u00a0{units[unit]}"
 
     def age(self, seconds: float | None) -> str:
