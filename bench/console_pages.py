@@ -56,7 +56,10 @@ TOKEN = "bench-admin-token"
 
 
 class UpLink:
-    is_connected = True
+    """A link that is up (the benchmark measures pages, not brokers)."""
+
+    def __init__(self) -> None:
+        self.is_connected = True
 
 
 def timing_middleware(times: dict[str, list[float]]) -> Any:
@@ -143,7 +146,8 @@ async def fill(db: Database, tablets: int) -> str:
     return every
 
 
-async def measure(tablets: int, requests: int) -> dict[str, Any]:
+async def console_app(tablets: int) -> tuple[web.Application, BoxServices, Database, str]:
+    """A console app on a store filled with ``tablets`` tablets (also used for screenshots)."""
     work = Path(tempfile.mkdtemp(prefix="console-bench-"))
     config = config_from_mapping(
         {
@@ -198,10 +202,15 @@ async def measure(tablets: int, requests: int) -> dict[str, Any]:
             "counters": counters.snapshot(),
         }
 
-    times: dict[str, list[float]] = defaultdict(list)
     app = build_app(status, TOKEN)
-    app.middlewares.insert(0, timing_middleware(times))
     install_console(app, services)
+    return app, services, db, every
+
+
+async def measure(tablets: int, requests: int) -> dict[str, Any]:
+    app, _services, db, every = await console_app(tablets)
+    times: dict[str, list[float]] = defaultdict(list)
+    app.middlewares.insert(0, timing_middleware(times))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()

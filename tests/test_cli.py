@@ -62,6 +62,7 @@ class TestDaemonAndStatus:
 
             async def live_status() -> dict:
                 result = await run_cli("status", "--config", str(config), "--json")
+                assert result.stdout, result.stderr
                 return json.loads(result.stdout)
 
             status: dict = {}

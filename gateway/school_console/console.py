@@ -28,8 +28,35 @@ EXEMPT = ("/api/", "/content/", "/metrics")
 SITE_NAME = N_("School gateway")
 
 
+# What a delivery's state and a command's action are called on the pages.
+DELIVERY_STATES = {
+    "pending": N_("waiting to be sent"),
+    "sent": N_("sent"),
+    "received": N_("received"),
+    "done": N_("done"),
+    "failed": N_("failed"),
+    "expired": N_("expired"),
+}
+ACTIONS = {
+    "lock": N_("lock"),
+    "unlock": N_("unlock"),
+    "message": N_("message"),
+    "open_url": N_("open a web page"),
+    "install_app": N_("install an app"),
+    "remove_app": N_("remove an app"),
+    "reboot": N_("restart"),
+    "wipe": N_("wipe"),
+    "request_state": N_("report now"),
+    "set_policy": N_("set a policy"),
+}
+
+
 async def _page_context(request: web.Request) -> Mapping[str, Any]:
-    return {"fmt": formatter(language_of(request))}
+    return {
+        "fmt": formatter(language_of(request)),
+        "state_names": DELIVERY_STATES,
+        "action_names": ACTIONS,
+    }
 
 
 def build_stack(services: BoxServices, accounts: ConsoleAccounts) -> WebStack:

@@ -56,16 +56,18 @@ class Formatter:
         return _age(self.lang, _rounded(max(0.0, seconds)))
 
     def ago(self, ts: float | None) -> str:
+        """ "il y a 3 minutes" / "3 minutes ago"."""
         if not ts:
             return "—"
-        return self.age(self.now - ts)
+        return _age(self.lang, _rounded(max(0.0, self.now - ts)), direction=True)
 
     def when(self, ts: float | None) -> str:
         """A time of day today, else a date and time (the box's local time zone)."""
         if not ts:
             return "—"
         moment = dt.datetime.fromtimestamp(ts).astimezone()
-        if self.now - ts < 20 * 3600:
+        today = dt.datetime.fromtimestamp(self.now).astimezone().date()
+        if moment.date() == today:
             return format_time(moment, format="short", locale=self.lang)
         return format_datetime(moment, format="short", locale=self.lang)
 
@@ -93,8 +95,9 @@ def _rounded(seconds: float) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _age(lang: str, seconds: int) -> str:
-    return format_timedelta(dt.timedelta(seconds=seconds), locale=lang)
+def _age(lang: str, seconds: int, direction: bool = False) -> str:
+    delta = dt.timedelta(seconds=-seconds if direction else seconds)
+    return format_timedelta(delta, add_direction=direction, locale=lang)
 
 
 def formatter(lang: str) -> Formatter:
