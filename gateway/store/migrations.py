@@ -4,7 +4,8 @@
 an older version upgrades in place. Never edit a shipped migration: add one,
 numbered one above the highest, so every database walks the same sequence:
 1 shadow and meta, 2 outbox, 3 pending state on the shadow, 4 commands and
-deliveries, 5 cache index, 6 enrollment and tablet identities, 9 revocations confirmed by the broker.
+deliveries, 5 cache index, 6 enrollment and tablet identities, ...,
+9 revocations confirmed by the broker.
 """
 
 from __future__ import annotations
