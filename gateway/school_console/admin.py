@@ -119,7 +119,7 @@ async def revoke(request: web.Request) -> web.StreamResponse:
         device_id,
         result.session_closed,
     )
-    return _notice("/enrollment", "revoked")
+    return _notice("/enrollment", "revoked" if result.broker_reloaded else "revoke_pending")
 
 
 # --- accounts

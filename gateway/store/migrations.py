@@ -4,8 +4,8 @@
 an older version upgrades in place. Never edit a shipped migration: add one,
 numbered one above the highest, so every database walks the same sequence:
 1 shadow and meta, 2 outbox, 3 pending state on the shadow, 4 commands and
-deliveries, 5 cache index, 6 enrollment and tablet identities, 7 outbox size, 8 report
-order, 9 console accounts and sessions.
+deliveries, 5 cache index, 6 enrollment and tablet identities, ...,
+9 revocations confirmed by the broker, 10 school console accounts and sessions.
 """
 
 from __future__ import annotations
@@ -166,6 +166,13 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE shadow ADD COLUMN retired_epochs TEXT NOT NULL DEFAULT '[]';
     """,
     9: """
+    -- A revocation takes effect when the broker re-reads the CRL and ACL: when that
+    -- was confirmed (NULL while pending). Earlier revocations: a broker restart
+    -- since (every upgrade restarts it) has read them.
+    ALTER TABLE tablet_identity ADD COLUMN revoke_confirmed REAL;
+    UPDATE tablet_identity SET revoke_confirmed = revoked WHERE revoked IS NOT NULL;
+    """,
+    10: """
     CREATE TABLE console_account (
         name          TEXT PRIMARY KEY,
         role          TEXT NOT NULL,                -- teacher | it
