@@ -164,4 +164,10 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE shadow ADD COLUMN report_epoch TEXT NOT NULL DEFAULT '';
     ALTER TABLE shadow ADD COLUMN retired_epochs TEXT NOT NULL DEFAULT '[]';
     """,
+    9: """
+    -- Command lifetimes on the box's elapsed time too (gateway.commands.clock):
+    -- commands already stored count as accepted at elapsed time 0.
+    ALTER TABLE commands ADD COLUMN elapsed_deadline REAL NOT NULL DEFAULT 0;
+    UPDATE commands SET elapsed_deadline = max(0, not_after - accepted_at);
+    """,
 }
