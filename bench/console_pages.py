@@ -118,7 +118,7 @@ async def fill(db: Database, tablets: int) -> str:
                 signature=b"\0" * 64,
             )
             targets_devices = await queue.resolve_targets(conn, targets)
-            seq = await queue.insert_command(conn, command, targets_devices, now)
+            seq = await queue.insert_command(conn, command, targets_devices, now, 86_400.0)
             states = ("done", "done", "done", "failed", "sent", "pending", "received", "expired")
             await conn.executemany(
                 "UPDATE deliveries SET state = ? WHERE device_id = ? AND command_seq = ?",

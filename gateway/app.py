@@ -27,6 +27,7 @@ from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
+from gateway.commands.clock import BoxClock
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
@@ -175,6 +176,8 @@ class Gateway:
             )
             self.cache = cache = CacheService(self.config, db, self.counters)
             await cache.open()
+            box_clock = BoxClock()  # expiry and replay across wall-clock jumps
+            await box_clock.load(db)
             self._delivery = delivery = CommandDelivery(
                 db,
                 self.school_link,
@@ -183,6 +186,7 @@ class Gateway:
                 retention_s=self.config.commands.retention_s,
                 on_committed=drain.notify,
                 on_pruned=lambda ids: intake.forget(ids),  # noqa: PLW0108 (intake comes next)
+                clock=box_clock,
             )
             c = self.config.commands
             self._intake = intake = CommandIntake(
@@ -198,6 +202,7 @@ class Gateway:
                 ),
                 max_unfinished=c.max_unfinished_commands,
                 on_accepted=delivery.command_accepted,
+                clock=box_clock,
                 on_committed=drain.notify,
             )
             self._results = results = CommandResults(
@@ -229,6 +234,7 @@ class Gateway:
                     delivery=delivery,
                     identity=identity,
                     secure=secure,
+                    clock=box_clock,
                 )
             services: dict[str, Coroutine[Any, Any, None]] = {
                 "school-broker": self.school_link.run(),
@@ -279,6 +285,7 @@ class Gateway:
         delivery: CommandDelivery,
         identity: Identity,
         secure: bool,
+        clock: BoxClock,
     ) -> None:
         """The school console on the LAN HTTP port (gateway/school_console)."""
         g, console = self.config.gateway, self.config.console
@@ -295,6 +302,7 @@ class Gateway:
                 max_unfinished=self.config.commands.max_unfinished_commands,
                 on_accepted=delivery.command_accepted,
                 on_committed=drain.notify,
+                clock=clock,
             ),
             cache=self.cache,
             revoke=(

@@ -27,13 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.commands import queue
 from gateway.commands.actions import check_action
+from gateway.commands.clock import BoxClock
 from gateway.commands.envelope import Command, Targets
 from gateway.errors import RejectedInput
 from gateway.relay.outbox import enqueue
@@ -138,14 +138,14 @@ class LocalActions:
         max_unfinished: int,
         on_accepted: Callable[[Sequence[str]], None],
         on_committed: Callable[[], None],
-        clock: Callable[[], float] = time.time,
+        clock: BoxClock | None = None,
     ) -> None:
         self._db = db
         self._school_id = school_id
         self._max_unfinished = max_unfinished
         self._on_accepted = on_accepted
         self._on_committed = on_committed
-        self._clock = clock
+        self._clock = clock or BoxClock()
 
     async def submit(self, action: LocalAction) -> Queued:
         """Commit the command, its deliveries and its upstream report; then wake delivery.
@@ -153,7 +153,7 @@ class LocalActions:
         RejectedInput("queue_full") when too many commands still wait for
         tablets (the same bound as academy commands).
         """
-        now = self._clock()
+        now = self._clock.wall()
         command = local_command(action, self._school_id, now)
         async with self._db.transaction() as conn:
             unfinished = await queue.unfinished_commands(conn)
@@ -162,7 +162,9 @@ class LocalActions:
                     "queue_full", f"{unfinished} commands still wait for tablets; try later"
                 )
             devices = await queue.resolve_targets(conn, command.targets)
-            seq = await queue.insert_command(conn, command, devices, now)
+            deadline = self._clock.deadline(command.not_after, now)
+            seq = await queue.insert_command(conn, command, devices, now, deadline)
+            await self._clock.checkpoint(conn)
             await enqueue(conn, "result", local_action_body(command, action, len(devices)))
             for progress in await queue.progress_of(conn, [seq]):
                 await enqueue(conn, "result", progress.as_body())
