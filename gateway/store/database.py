@@ -80,7 +80,11 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; commits on exit, rolls back on error."""
+        """One write transaction; commits on exit, rolls back on error.
+
+        A statement that fails inside it (``sqlite3.Error``) comes out as
+        StoreError, the original as its ``__cause__``; other errors pass as they are.
+        """
         async with self._write_lock:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
@@ -88,14 +92,26 @@ class Database:
                 raise StoreError(f"cannot begin transaction: {exc}") from exc
             try:
                 yield self._conn
+            except sqlite3.Error as exc:
+                await self._rollback()
+                raise StoreError(f"statement failed, transaction rolled back: {exc}") from exc
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await self._rollback()
                 raise
             try:
                 await self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                await self._conn.execute("ROLLBACK")
+                await self._rollback()
                 raise StoreError(f"commit failed: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        """Roll back the open transaction (SQLite may have done it already, e.g. disk full)."""
+        if not self._conn.in_transaction:
+            return
+        try:
+            await self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("rollback failed on %s: %s", self.path, exc)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         try:
