@@ -40,6 +40,7 @@ from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
+from gateway.serving import serve_until_cancelled
 from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
 from gateway.state.report import parse_presence
@@ -47,7 +48,7 @@ from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
 from gateway.state.summary_maker import SummaryMaker
 from gateway.store.database import DATABASE_FILE, Database
-from gateway.web.server import build_app, serve_until_cancelled
+from gateway.web.server import build_app
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,9 @@ class Gateway:
                 budget=self.outbox_budget,
                 on_stored=lambda _reports: drain.notify(),
             )
-            self.cache = cache = CacheService(self.config, db, self.counters)
+            self.cache = cache = CacheService(
+                self.config, db, self.counters, academy_keys=self._academy_keys
+            )
             await cache.open()
             self._delivery = delivery = CommandDelivery(
                 db,

@@ -125,6 +125,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_hash_mismatches", "Downloads whose hash did not match (discarded)."),
     _counter("cache_origin_errors", "Failed requests to the origin."),
     _counter("cache_origin_bytes", "Bytes downloaded from the origin."),
+    _counter("cache_disk_read_errors", "Cache files that could not be read to serve them."),
     _counter("cache_evictions", "Files evicted from the cache."),
     # Enrollment.
     _counter("enrollments", "Tablets enrolled."),

@@ -24,10 +24,10 @@ from types import TracebackType
 
 from aiohttp import web
 
-from gateway.cache.budget import TokenBucket
-from gateway.cache.rules import RangeNotSatisfiable, parse_range
-from gateway.errors import RejectedInput
+from gateway.cache.rules import RangeNotSatisfiable
+from gateway.cache.rules import byte_range as byte_range_of
 from gateway.lab.mosquitto import free_port
+from gateway.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ class Origin:
         if blob is None:
             return web.Response(status=404, text="no such file")
         try:
-            byte_range = parse_range(request.headers.get("Range"), len(blob))
-        except (RejectedInput, RangeNotSatisfiable):
+            byte_range = byte_range_of(request.http_range, len(blob))
+        except (ValueError, RangeNotSatisfiable):
             return web.Response(status=416, headers={"Content-Range": f"bytes */{len(blob)}"})
         start, end = (byte_range.start, byte_range.end + 1) if byte_range else (0, len(blob))
         response = web.StreamResponse(status=206 if byte_range else 200)
