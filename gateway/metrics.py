@@ -67,7 +67,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("presence_updates_stored", "Tablet presence (online/offline) updates stored."),
     _counter(
         "tablet_messages_rejected",
-        "Tablet state/status messages rejected (channel unknown: unexpected topic).",
+        "Tablet state and status messages rejected.",
         "channel",
         "reason",
     ),

@@ -44,7 +44,7 @@ class SummaryMaker:
         rules: SummaryRules,
         health: HealthSource,
         extra: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
-        on_enqueued: Callable[[], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._budget = budget
@@ -53,7 +53,7 @@ class SummaryMaker:
         self._rules = rules
         self._health = health
         self._extra = extra
-        self._on_enqueued = on_enqueued
+        self._on_committed = on_committed
 
     async def run(self) -> None:
         while True:
@@ -77,6 +77,6 @@ class SummaryMaker:
             await outbox.enqueue(conn, "summary", body, now=now)
             await self._budget.enforce(conn)
         self._counters.inc("summaries_made")
-        if self._on_enqueued is not None:
-            self._on_enqueued()
+        if self._on_committed is not None:
+            self._on_committed()
         return body
