@@ -32,7 +32,7 @@ from gateway.serving import serve_until_cancelled
 from gateway.signed import load_public_keys
 from gateway.store.database import Database
 from gateway.web.server import build_app
-from tests.conftest import lab_config
+from tests.helpers import lab_config
 
 MB = 1024 * 1024
 

@@ -20,7 +20,7 @@ from gateway.state.report import parse_state_report
 from gateway.state.shadow import latest_per_tablet, store_reports
 from gateway.store.database import Database
 from gateway.store.migrations import MIGRATIONS
-from tests.test_state_flow import good_report
+from tests.helpers import good_report
 
 
 def report(device: str, seq: int, battery: int = 80):

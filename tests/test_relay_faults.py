@@ -20,8 +20,7 @@ import pytest
 from gateway.lab.gateway_process import GatewayProcess
 from gateway.lab.mosquitto import MosquittoProcess, free_port
 from gateway.lab.waiting import wait_until
-from tests.test_relay_drain import academy_view, enqueue_results, latest_states
-from tests.test_state_flow import good_report
+from tests.helpers import academy_view, enqueue_results, good_report, latest_states
 
 # The simulated fleet publishes a round (one report per tablet), then pauses this
 # long: it paces the load like tablets reporting periodically; no test outcome
@@ -188,7 +187,7 @@ class TestUplinkCutAtRandom:
             try:
                 for cut in range(8):
                     target = proxy.bytes_up + rng.randint(2_000, 40_000)
-                    await wait_until(lambda t=target: proxy.bytes_up >= t, 10)
+                    assert await wait_until(lambda t=target: proxy.bytes_up >= t, 10)
                     proxy.cut()
                     assert await wait_until(lambda: not gateway.academy_link.is_connected, 10)
                     batch = {f"cmd-{cut}-{i}" for i in range(5)}

@@ -63,6 +63,13 @@ class MosquittoProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def pid(self) -> int:
+        """The broker's process id (to signal it); BrokerError when it is not running."""
+        if self._process is None or self._process.returncode is not None:
+            raise BrokerError(f"mosquitto in {self.workdir} is not running")
+        return self._process.pid
+
     async def start(self, timeout_s: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
