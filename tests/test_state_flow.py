@@ -127,6 +127,7 @@ def intake_bounds(request, monkeypatch):
     monkeypatch.setattr(link, "INTAKE_RESUME_AT", resume_at)
 
 
+@pytest.mark.slow
 class TestBacklogAtStart:
     """What tablets sent while the gateway was down waits at the broker and is all taken."""
 
