@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
@@ -23,6 +24,15 @@ from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, fre
 from gateway.security.broker_files import load_identity, prepare_broker_files
 from gateway.store.database import Database
 from tests.helpers import lab_config, secure_lab_tables
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Chromium per test module (tests/browser.py says how to use it)."""
+    from tests.browser import chromium
+
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
