@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -432,3 +433,29 @@ class TestSeedingAndStats:
         [row] = stats["items"]
         assert row["tablets_holding"] == 2 and row["complete"] and row["pinned"]
         assert lab.service.paths.object(item["sha256"]).read_bytes() == good
+
+
+class TestDiskErrors:
+    """A cached file that cannot be read is logged, counted, and the tablet cut off."""
+
+    async def test_unreadable_file_is_counted_and_the_transfer_cut(self, lab, caplog):
+        await lab.start()
+        data = blob(50_000, 9)
+        item = lab.item("x.bin", data)
+        await lab.publish([item])
+        sha = item["sha256"]
+        status, _, body = await lab.get(sha)
+        assert status == 200 and body == data
+        assert await wait_until(lambda: lab.service.lookup(sha).complete, 5)
+        stored = lab.service.paths.object(sha)
+        stored.unlink()
+        stored.symlink_to("/proc/self/mem")  # opens, but reading at offset 0 fails (EIO)
+        with (
+            caplog.at_level(logging.ERROR, logger="gateway.cache.http"),
+            pytest.raises(aiohttp.ClientPayloadError),
+        ):
+            await lab.get(sha)
+        assert lab.counters.get("cache_disk_read_errors") == 1
+        assert f"cannot read {stored}" in caplog.text
+        status, _, body = await lab.get(f"{'0' * 64}")  # the server keeps going
+        assert status == 404
