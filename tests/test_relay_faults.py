@@ -187,7 +187,8 @@ class TestUplinkCutAtRandom:
             try:
                 for cut in range(8):
                     target = proxy.bytes_up + rng.randint(2_000, 40_000)
-                    assert await wait_until(lambda t=target: proxy.bytes_up >= t, 10)
+                    # Up to 40 kB of compressed latest states: seconds on a loaded machine.
+                    assert await wait_until(lambda t=target: proxy.bytes_up >= t, 60)
                     proxy.cut()
                     assert await wait_until(lambda: not gateway.academy_link.is_connected, 10)
                     batch = {f"cmd-{cut}-{i}" for i in range(5)}
