@@ -15,6 +15,8 @@ both brokers, cancel the services, close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -29,12 +31,13 @@ from gateway.broker.link import Announcement, BrokerLink, Inbound, InboundHandle
 from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
+from gateway.commands.clock import BoxClock
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import AcceptedCommands, CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import AcademyBrokerSection, Config, SchoolBrokerSection
-from gateway.errors import GatewayError
+from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
 from gateway.metrics import Counters, Reading
@@ -45,7 +48,7 @@ from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.identity import Identity
-from gateway.security.tls import academy_context, school_broker_context
+from gateway.security.tls import academy_context, missing_academy_cert, school_broker_context
 from gateway.serving import serve_until_cancelled
 from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
@@ -58,9 +61,15 @@ from gateway.web.server import build_app
 
 log = logging.getLogger(__name__)
 
+# How often the gateway looks for the academy client certificate while it is missing.
+CERTIFICATE_POLL_S = 10.0
 
-def _presence(online: bool, gateway_id: str) -> bytes:
-    return json.dumps({"online": online, "gateway_id": gateway_id}).encode()
+
+def _presence(online: bool, gateway_id: str, store: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"online": online, "gateway_id": gateway_id}
+    if store is not None:
+        body["store"] = store
+    return json.dumps(body).encode()
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,9 @@ class Gateway:
         self._http_started = asyncio.Event()
         self._started_at = time.monotonic()
         self._db: Database | None = None
+        # When the uplink went down (None while connected), and why it cannot connect.
+        self._uplink_down_since: float | None = time.time()
+        self._uplink_problem: str | None = None
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -112,6 +124,7 @@ class Gateway:
         identity = load_identity(self.config)
         self.school_link, self.academy_link = self._links()
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        outbox.track_peak(db)
         try:
             await self._prepare_school_broker(identity, db)
             self._flows = flows = await self._build_flows(db)
@@ -124,7 +137,11 @@ class Gateway:
             log.info("gateway stopped")
 
     def _links(self) -> tuple[BrokerLink, BrokerLink]:
-        """The school and academy broker links, TLS included."""
+        """The school and academy broker links, TLS included.
+
+        Only when the academy client certificate is not installed yet does the
+        academy link get its TLS context later, as it starts (_run_academy_link).
+        """
         g = self.config.gateway
         school_link = self._link(
             "school",
@@ -145,9 +162,12 @@ class Gateway:
             self.config.academy_broker,
             client_id=f"{g.school_id}-{g.gateway_id}",
             status_topic=topics.academy_gateway_status(g.school_id, g.gateway_id),
-            subscriptions=((topics.academy_commands(g.school_id), 1),),
+            subscriptions=(
+                (topics.academy_commands(g.school_id), 1),
+                (topics.academy_manifest(g.school_id), 1),
+            ),
             on_message=self._route_academy_message,
-            tls=academy_context(self.config),
+            tls=academy_context(self.config) if missing_academy_cert(self.config) is None else None,
         )
         return school_link, academy_link
 
@@ -217,6 +237,8 @@ class Gateway:
         await cache.open()
         accepted = AcceptedCommands()
         await accepted.load(db)
+        box_clock = BoxClock()  # expiry and replay across wall-clock jumps
+        await box_clock.load(db)
         delivery = CommandDelivery(
             db,
             self.school_link,
@@ -225,6 +247,7 @@ class Gateway:
             retention_s=c.retention_s,
             on_committed=drain.notify,
             on_pruned=accepted.forget,
+            clock=box_clock,
         )
         await delivery.load()
         intake = CommandIntake(
@@ -242,6 +265,7 @@ class Gateway:
             accepted=accepted,
             on_accepted=delivery.command_accepted,
             on_committed=drain.notify,
+            clock=box_clock,
         )
         results = CommandResults(db, self.counters, self.school_link.ack, on_committed=drain.notify)
         summaries = SummaryMaker(
@@ -268,7 +292,8 @@ class Gateway:
         web_app = build_app(self.status, admin_token, flows.cache, metrics=self.metrics)
         services: dict[str, Coroutine[Any, Any, None]] = {
             "school-broker": self.school_link.run(),
-            "academy-broker": self.academy_link.run(),
+            "academy-broker": self._run_academy_link(),
+            "uplink-watch": self._watch_uplink(),
             "state-ingest": flows.ingest.run(),
             "outbox-drain": flows.drain.run(),
             "cache": flows.cache.run(),
@@ -277,6 +302,7 @@ class Gateway:
             "command-expiry": flows.delivery.run_expiry(),
             "command-results": flows.results.run(),
             "summaries": flows.summaries.run(),
+            "store-health": self._report_store_health(db),
             "http": serve_until_cancelled(web_app, http.host, http.port, self._http_started),
         }
         if not self.config.school_broker.lab_plain_listener:
@@ -302,6 +328,34 @@ class Gateway:
                 tasks.append(group.create_task(run_watchdog(interval), name="systemd-watchdog"))
             log.info("gateway %s of school %s is up", g.gateway_id, g.school_id)
 
+    async def _run_academy_link(self) -> None:
+        """The academy link, once its client certificate is there (looked for every 10 s).
+
+        Installing the certificate the academy signed needs no restart.
+        """
+        missing = missing_academy_cert(self.config)
+        if missing is not None:
+            log.error("academy uplink not started: %s", missing)
+            self._uplink_problem = missing
+            # A file to look for: no event to wait on.
+            while missing_academy_cert(self.config) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(CERTIFICATE_POLL_S)
+            log.info("academy client certificate found: starting the uplink")
+            self._uplink_problem = None
+            # The one context that cannot be made up front (_links): made now.
+            self.academy_link.settings = dataclasses.replace(
+                self.academy_link.settings, tls=academy_context(self.config)
+            )
+        await self.academy_link.run()
+
+    async def _watch_uplink(self) -> None:
+        """Remember since when the academy link is down, for ``status``."""
+        while True:
+            await self.academy_link.connected.wait()
+            self._uplink_down_since = None
+            await self.academy_link.wait_disconnected()
+            self._uplink_down_since = time.time()
+
     async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop_requested.wait()
         notify("STOPPING=1")
@@ -309,6 +363,25 @@ class Gateway:
         await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
         for task in tasks:
             task.cancel()
+
+    async def _report_store_health(self, db: Database) -> None:
+        """Tell the academy when the store stops (and starts again) taking writes.
+
+        The outbox cannot hold this news while the disk is full, so it goes
+        straight onto the retained gateway status topic (docs/protocol.md).
+        """
+        g = self.config.gateway
+        topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
+        while True:
+            await db.health.changed.wait()
+            db.health.changed.clear()
+            store = {"writable": db.health.writable, "error": db.health.error}
+            try:
+                await self.academy_link.publish(
+                    topic, _presence(True, g.gateway_id, store), qos=1, retain=True
+                )
+            except BrokerError as exc:
+                log.info("store health not reported upstream (academy link: %s)", exc)
 
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
@@ -349,6 +422,7 @@ class Gateway:
                 Reading("outbox_oldest_age_seconds", backlog["oldest_age_s"]),
                 Reading("tablets_known", known),
                 Reading("tablets_online", online),
+                Reading("store_writable", float(self._db.health.writable)),
             ]
         health = collect_box_health(self.config.gateway.state_dir)
         return render_metrics(self.counters, gauges, health)
@@ -367,8 +441,15 @@ class Gateway:
             self.school_link.ack(message)
 
     async def _route_academy_message(self, message: Inbound) -> None:
-        if message.topic == topics.academy_commands(self.config.gateway.school_id):
+        school_id = self.config.gateway.school_id
+        if message.topic == topics.academy_commands(school_id):
             await self._flows.intake.accept(message)
+        elif message.topic == topics.academy_manifest(school_id):
+            # Applied and stored (committed) before the acknowledgement; a bad one is
+            # counted and logged by the cache, and acknowledged: resending cannot fix it.
+            with contextlib.suppress(RejectedInput):
+                await self.cache.apply_manifest(message.payload)
+            self.academy_link.ack(message)
         else:
             self.counters.inc("academy_messages_ignored")
             self.academy_link.ack(message)
@@ -386,11 +467,21 @@ class Gateway:
                 "school": self.school_link.is_connected,
                 "academy": self.academy_link.is_connected,
             },
+            "uplink": {
+                "down_since": self._uplink_down_since,
+                "down_for_s": (
+                    None
+                    if self._uplink_down_since is None
+                    else round(time.time() - self._uplink_down_since, 1)
+                ),
+                "problem": self._uplink_problem,
+            },
+            "store": self._db.health.as_dict() if self._db else {},
             "tablets": {"known": known, "online": online},
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),
                 "budget_bytes": self.outbox_budget.budget_bytes,
-                "peak_bytes": self.outbox_budget.peak_bytes,
+                "peak_bytes": await outbox.peak_bytes(self._db) if self._db else 0,
             },
             "cache": await self.cache.stats() if self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},

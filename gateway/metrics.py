@@ -115,6 +115,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_requests_rejected", "Content requests rejected.", "reason"),
     _counter("cache_lan_bytes_served", "Bytes served to tablets on the LAN."),
     _counter("cache_manifests_applied", "Signed manifests applied."),
+    _counter(
+        "cache_manifests_unchanged",
+        "Manifests received again with the serial already applied (the retained one).",
+    ),
     _counter("cache_manifest_rejected", "Manifests rejected.", "reason"),
     _counter("cache_manifest_fetch_errors", "Failed manifest fetches."),
     _counter("cache_items_refused", "Manifest items refused (too large for the cache)."),
@@ -127,6 +131,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_origin_bytes", "Bytes downloaded from the origin."),
     _counter("cache_disk_read_errors", "Cache files that could not be read to serve them."),
     _counter("cache_evictions", "Files evicted from the cache."),
+    _counter("cache_write_errors", "Downloads failed: the disk did not take a chunk (full?)."),
     # Enrollment.
     _counter("enrollments", "Tablets enrolled."),
     _counter("enrollment_rejected", "Enrollment requests rejected.", "reason"),
@@ -136,6 +141,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _gauge("outbox_oldest_age_seconds", "Age of the oldest row waiting in the outbox."),
     _gauge("tablets_known", "Tablets in the shadow."),
     _gauge("tablets_online", "Tablets online now."),
+    _gauge("store_writable", "1 while the state store takes writes, 0 while the disk refuses."),
     _gauge("broker_link_up", "1 while the link to a broker is connected.", "link"),
     _gauge("box_cpu_percent", "CPU use since the previous reading, percent."),
     _gauge("box_load1", "1-minute load average."),

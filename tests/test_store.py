@@ -76,7 +76,7 @@ class TestTransactions:
     async def test_a_failing_statement_is_a_store_error_and_rolls_back(self, tmp_path):
         db = await Database.open(tmp_path / "g.db")
         try:
-            with pytest.raises(StoreError, match="rolled back") as caught:
+            with pytest.raises(StoreError, match="write failed") as caught:
                 async with db.transaction() as conn:
                     await next_sequence(conn, "s", 5)
                     await conn.execute("INSERT INTO no_such_table VALUES (1)")

@@ -25,19 +25,20 @@ import binascii
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.broker.link import Inbound
 from gateway.commands import queue
+from gateway.commands.clock import BoxClock
 from gateway.commands.envelope import COMMAND_ID, Command, VerifyPolicy, open_envelope
 from gateway.commands.progress import rejection_body
 from gateway.errors import RejectedInput
 from gateway.metrics import Counters
 from gateway.relay.outbox import enqueue
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class CommandIntake:
         accepted: AcceptedCommands,
         on_accepted: AcceptedHandler,
         on_committed: Callable[[], None],
-        clock: Callable[[], float] = time.time,
+        clock: BoxClock | None = None,
     ) -> None:
         self._db = db
         self._counters = counters
@@ -112,7 +113,7 @@ class CommandIntake:
         self._max_unfinished = max_unfinished
         self._on_accepted = on_accepted
         self._on_committed = on_committed
-        self._clock = clock
+        self._clock = clock or BoxClock()
         self._seen = accepted
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=QUEUE_LIMIT)
 
@@ -129,7 +130,7 @@ class CommandIntake:
 
     async def _take(self, message: Inbound) -> None:
         self._counters.inc("command_envelopes_received")
-        now = self._clock()
+        now = self._clock.wall()
         try:
             command = open_envelope(
                 message.payload,
@@ -141,22 +142,32 @@ class CommandIntake:
         except RejectedInput as exc:
             await self._reject(message, exc, now)
             return
-        async with self._db.transaction() as conn:
-            unfinished = await queue.unfinished_commands(conn)
-            if unfinished >= self._max_unfinished:
-                devices: list[str] | None = None
-                await enqueue(conn, "rejection", self._rejection(message, _full(unfinished), now))
-            else:
-                devices = await queue.resolve_targets(conn, command.targets)
-                seq = await queue.insert_command(conn, command, devices, now)
-                for progress in await queue.progress_of(conn, [seq]):
-                    await enqueue(conn, "result", progress.as_body())
+        unfinished, devices = await retry_while_unavailable(
+            lambda: self._commit(message, command, now)
+        )
         self._acknowledge(message)
         self._on_committed()
         if devices is None:
             self._count_rejection(_full(unfinished), command.command_id)
             return
         self._accepted(command, devices)
+
+    async def _commit(
+        self, message: Inbound, command: Command, now: float
+    ) -> tuple[int, list[str] | None]:
+        """Store the command and its deliveries, or its queue_full rejection."""
+        async with self._db.transaction() as conn:
+            unfinished = await queue.unfinished_commands(conn)
+            if unfinished >= self._max_unfinished:
+                await enqueue(conn, "rejection", self._rejection(message, _full(unfinished), now))
+                return unfinished, None
+            devices = await queue.resolve_targets(conn, command.targets)
+            deadline = self._clock.deadline(command.not_after, now)
+            seq = await queue.insert_command(conn, command, devices, now, deadline)
+            await self._clock.checkpoint(conn)
+            for progress in await queue.progress_of(conn, [seq]):
+                await enqueue(conn, "result", progress.as_body())
+        return unfinished, devices
 
     def _accepted(self, command: Command, devices: list[str]) -> None:
         self._seen.add(command.command_id, command.payload_sha256)
@@ -191,11 +202,15 @@ class CommandIntake:
                     exc.reason,
                     f"{exc.detail}; identical envelope (a redelivery), not executed again",
                 )
-        async with self._db.transaction() as conn:
-            await enqueue(conn, "rejection", self._rejection(message, exc, now))
+        body = self._rejection(message, exc, now)
+        await retry_while_unavailable(lambda: self._enqueue_rejection(body))
         self._acknowledge(message)
         self._on_committed()
         self._count_rejection(exc, command_id)
+
+    async def _enqueue_rejection(self, body: dict[str, object]) -> None:
+        async with self._db.transaction() as conn:
+            await enqueue(conn, "rejection", body)
 
     def _count_rejection(self, exc: RejectedInput, command_id: str | None) -> None:
         self._counters.inc("command_envelopes_rejected", reason=exc.reason)

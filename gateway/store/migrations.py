@@ -4,7 +4,8 @@
 an older version upgrades in place. Never edit a shipped migration: add one,
 numbered one above the highest, so every database walks the same sequence:
 1 shadow and meta, 2 outbox, 3 pending state on the shadow, 4 commands and
-deliveries, 5 cache index, 6 enrollment and tablet identities.
+deliveries, 5 cache index, 6 enrollment and tablet identities, ...,
+9 revocations confirmed by the broker.
 """
 
 from __future__ import annotations
@@ -124,5 +125,57 @@ MIGRATIONS: dict[int, str] = {
         revoked    REAL NOT NULL,
         device_id  TEXT                     -- NULL for the gateway's reload probes
     );
+    """,
+    7: """
+    -- The outbox's size, kept by triggers at every insert and delete (O(1) per
+    -- row), and the largest size any transaction committed (``peak``, updated
+    -- before each COMMIT by gateway.relay.outbox.track_peak).
+    CREATE TABLE outbox_size (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        bytes INTEGER NOT NULL,
+        peak  INTEGER NOT NULL
+    );
+    INSERT INTO outbox_size (id, bytes, peak) SELECT 1, a + b, a + b FROM
+        (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) AS a FROM outbox),
+        (SELECT coalesce(sum(length(CAST(state AS BLOB))), 0) AS b FROM shadow
+         WHERE upstream_seq IS NOT NULL);
+    CREATE TRIGGER outbox_size_insert AFTER INSERT ON outbox BEGIN
+        UPDATE outbox_size SET bytes = bytes + length(CAST(new.body AS BLOB));
+    END;
+    CREATE TRIGGER outbox_size_delete AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_size SET bytes = bytes - length(CAST(old.body AS BLOB));
+    END;
+    CREATE TRIGGER outbox_size_shadow_insert AFTER INSERT ON shadow
+    WHEN new.upstream_seq IS NOT NULL BEGIN
+        UPDATE outbox_size SET bytes = bytes + length(CAST(new.state AS BLOB));
+    END;
+    CREATE TRIGGER outbox_size_shadow_update AFTER UPDATE OF state, upstream_seq ON shadow
+    WHEN old.upstream_seq IS NOT NULL OR new.upstream_seq IS NOT NULL BEGIN
+        UPDATE outbox_size SET bytes = bytes
+            - CASE WHEN old.upstream_seq IS NULL THEN 0 ELSE length(CAST(old.state AS BLOB)) END
+            + CASE WHEN new.upstream_seq IS NULL THEN 0 ELSE length(CAST(new.state AS BLOB)) END;
+    END;
+    CREATE TRIGGER outbox_size_shadow_delete AFTER DELETE ON shadow
+    WHEN old.upstream_seq IS NOT NULL BEGIN
+        UPDATE outbox_size SET bytes = bytes - length(CAST(old.state AS BLOB));
+    END;
+    """,
+    8: """
+    -- The report order (gateway.state.order): seq within an epoch, retired epochs.
+    ALTER TABLE shadow ADD COLUMN report_epoch TEXT NOT NULL DEFAULT '';
+    ALTER TABLE shadow ADD COLUMN retired_epochs TEXT NOT NULL DEFAULT '[]';
+    """,
+    9: """
+    -- A revocation takes effect when the broker re-reads the CRL and ACL: when that
+    -- was confirmed (NULL while pending). Earlier revocations: a broker restart
+    -- since (every upgrade restarts it) has read them.
+    ALTER TABLE tablet_identity ADD COLUMN revoke_confirmed REAL;
+    UPDATE tablet_identity SET revoke_confirmed = revoked WHERE revoked IS NOT NULL;
+    """,
+    10: """
+    -- Command lifetimes on the box's elapsed time too (gateway.commands.clock):
+    -- commands already stored count as accepted at elapsed time 0.
+    ALTER TABLE commands ADD COLUMN elapsed_deadline REAL NOT NULL DEFAULT 0;
+    UPDATE commands SET elapsed_deadline = max(0, not_after - accepted_at);
     """,
 }
