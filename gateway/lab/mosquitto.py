@@ -8,9 +8,9 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from types import TracebackType
 
 from gateway.errors import BrokerError
+from gateway.lab.running import StartStop
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def mosquitto_binary() -> str:
     )
 
 
-class MosquittoProcess:
+class MosquittoProcess(StartStop):
     """One broker process. ``config_text`` must contain ``{port}``."""
 
     def __init__(self, workdir: Path, config_text: str, port: int | None = None) -> None:
@@ -113,15 +113,3 @@ class MosquittoProcess:
         except TimeoutError:
             process.kill()
             await process.wait()
-
-    async def __aenter__(self) -> MosquittoProcess:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

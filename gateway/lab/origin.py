@@ -20,13 +20,13 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from types import TracebackType
 
 from aiohttp import web
 
 from gateway.cache.rules import RangeNotSatisfiable
 from gateway.cache.rules import byte_range as byte_range_of
 from gateway.lab.mosquitto import free_port
+from gateway.lab.running import StartStop
 from gateway.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class OriginRequest:
     range: str | None
 
 
-class Origin:
+class Origin(StartStop):
     """Start with ``async with Origin() as origin``; ``origin.add(name, data)`` gives the URL."""
 
     def __init__(self, rate_bytes_per_s: float = 0, port: int | None = None) -> None:
@@ -93,18 +93,6 @@ class Origin:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> Origin:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
