@@ -20,6 +20,7 @@ from typing import Any
 from gateway import __version__, topics
 from gateway.appliance.discovery import announce_until_cancelled, gateway_properties
 from gateway.appliance.notify import notify, run_watchdog, watchdog_interval
+from gateway.broker.limits import academy_packet_limit, school_packet_limit
 from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
@@ -41,7 +42,7 @@ from gateway.security.broker_files import load_identity, reload_broker, write_br
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
 from gateway.signed import load_public_keys
-from gateway.state.ingest import StateIngest
+from gateway.state.ingest import BATCH_SIZE, StateIngest
 from gateway.state.report import parse_presence
 from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
@@ -84,6 +85,8 @@ class Gateway:
                     (topics.TABLET_RESULTS_FILTER, 1),
                 ),
                 backoff_cap_s=5.0,
+                receive_max=config.school_broker.receive_max,
+                max_packet_size=school_packet_limit(config),
             ),
             self.counters,
             on_message=self._route_school_message,
@@ -99,6 +102,7 @@ class Gateway:
                 birth=Announcement(status_topic, _presence(True, g.gateway_id)),
                 will=Announcement(status_topic, _presence(False, g.gateway_id)),
                 subscriptions=((topics.academy_commands(g.school_id), 1),),
+                max_packet_size=academy_packet_limit(config),
             ),
             self.counters,
             on_message=self._route_academy_message,
@@ -151,6 +155,8 @@ class Gateway:
                 self.school_link.ack_all,
                 max_report_bytes=tablets.max_report_bytes,
                 budget=self.outbox_budget,
+                # A batch never waits for more than the broker may send unacknowledged.
+                batch_size=min(BATCH_SIZE, self.config.school_broker.receive_max // 2),
                 on_stored=lambda _reports: drain.notify(),
             )
             self.cache = cache = CacheService(self.config, db, self.counters)

@@ -63,6 +63,12 @@ class MosquittoProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BrokerError("mosquitto is not running")
+        return self._process.pid
+
     async def start(self, timeout_s: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
