@@ -46,6 +46,7 @@ def accepted_session(**connack: object) -> Session:
             receive_max=int(connack.get("receive_max", 65_535)),  # type: ignore[call-overload]
             max_packet_size=connack.get("max_packet_size"),  # type: ignore[arg-type]
             session_expiry_s=None,
+            server_keep_alive=None,
         )
     ]
     return session

@@ -383,6 +383,7 @@ class BrokerLink:
                 self.count("connection_errors")
                 self.count(f"link_down_{exc.reason}")
                 if exc.reason == "tls_untrusted":
+                    self.count("tls_refused")
                     log.error("%s broker refused: its certificate is not trusted: %s", name, exc)
                 else:
                     log.warning("%s broker link down: %s", name, exc)
@@ -424,7 +425,7 @@ class BrokerLink:
         except TimeoutError as exc:
             raise LinkDown("connect_timeout", f"{s.host}:{s.port}") from exc
         except OSError as exc:
-            raise LinkDown("unreachable", f"{s.host}:{s.port}: {exc.strerror or exc}") from exc
+            raise LinkDown("connect_failed", f"{s.host}:{s.port}: {exc.strerror or exc}") from exc
         return connection
 
     async def _serve_one_connection(self) -> None:
@@ -438,6 +439,8 @@ class BrokerLink:
                     accepted = await connection.accepted
             except TimeoutError:
                 raise LinkDown("connect_timeout", "no CONNACK") from None
+            if accepted.server_keep_alive:  # the broker's word wins (MQTT 5, 3.2.2.3.14)
+                connection.keepalive.interval_s = accepted.server_keep_alive
             self._connection = connection
             await self._announce_and_subscribe(connection, accepted)
             self._disconnected.clear()

@@ -71,6 +71,7 @@ class Accepted:
     receive_max: int  # how many of our QoS 1 publishes may be unacknowledged
     max_packet_size: int | None  # the largest packet the broker takes from us
     session_expiry_s: int | None  # set when the broker changed ours
+    server_keep_alive: int | None  # set when the broker wants another keepalive
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,5 +334,6 @@ class Session:
             receive_max=packet.receive_max,
             max_packet_size=packet.max_packet_size,
             session_expiry_s=packet.session_expiry_interval,
+            server_keep_alive=packet.server_keep_alive,
         )
         return self.accepted
