@@ -264,7 +264,7 @@ class TestHugePayloads:
             assert await wait_until_async(stored, 1, 20)
             status = await gateway.status()
             assert status is not None
-            assert status["counters"].get("broker_school_connects") == 1
+            assert status["counters"].get('broker_connects{link="school"}') == 1
 
 
 async def wait_until_async(value, at_least: int, within_s: float) -> bool:

@@ -179,12 +179,12 @@ class _Connection(asyncio.Protocol):
         unacked = self._session.unacknowledged
         if not self._window_full and unacked >= self._receive_max:
             self._window_full = True
-            self._link.count("intake_pauses")
+            self._link.count("broker_intake_pauses")
         if unacked > self._receive_max and not self._overrun:
             # Mosquitto 2.0.11 does this after a reconnect with a backlog (measured:
             # 6,000 with a window of 4,000). Tolerated; the inbox bound below holds.
             self._overrun = True
-            self._link.count("receive_max_overruns")
+            self._link.count("broker_receive_max_overruns")
             log.warning(
                 "%s broker sent more than our Receive Maximum (%d unacknowledged, limit %d)",
                 self._link.settings.name,
@@ -195,7 +195,7 @@ class _Connection(asyncio.Protocol):
             self._reading = False
             self._transport.pause_reading()
             self.keepalive.reading_paused()
-            self._link.count("read_pauses")
+            self._link.count("broker_read_pauses")
 
     def took_message(self) -> None:
         """The dispatcher took a message from the inbox."""
@@ -223,7 +223,7 @@ class _Connection(asyncio.Protocol):
             self._loop.call_soon(self._flush_acks)
         if self._window_full and self._session.unacknowledged < self._receive_max:
             self._window_full = False
-            self._link.count("intake_resumes")
+            self._link.count("broker_intake_resumes")
         if self._overrun and self._session.unacknowledged <= self._receive_max:
             self._overrun = False
 
@@ -360,17 +360,17 @@ class BrokerLink:
     async def wait_disconnected(self) -> None:
         await self._disconnected.wait()
 
-    def count(self, event: str, amount: int = 1) -> None:
-        """One of the link's counters: ``broker_<link name>_<event>``."""
-        self._counters.inc(f"broker_{self.settings.name}_{event}", amount)
+    def count(self, metric: str, amount: int = 1, **labels: str) -> None:
+        """Count one of the ``broker_*`` series (gateway/metrics.py) for this link."""
+        self._counters.inc(metric, amount, link=self.settings.name, **labels)
 
     def count_answer(self, answer: Published | Subscribed) -> None:
         if isinstance(answer, Published):
             if answer.refused is not None:
-                self.count(f"puback_{answer.refused}")
+                self.count("broker_refusals", packet="puback", reason=answer.refused)
         else:
             for reason in answer.refused:
-                self.count(f"suback_{reason}")
+                self.count("broker_refusals", packet="suback", reason=reason)
 
     async def run(self) -> None:
         """Connect, serve, reconnect: forever (until cancelled)."""
@@ -380,10 +380,10 @@ class BrokerLink:
             try:
                 await self._serve_one_connection()
             except LinkDown as exc:
-                self.count("connection_errors")
-                self.count(f"link_down_{exc.reason}")
+                self.count("broker_connection_errors")
+                self.count("broker_link_down", reason=exc.reason)
                 if exc.reason == "tls_untrusted":
-                    self.count("tls_refused")
+                    self.count("broker_tls_refused")
                     log.error("%s broker refused: its certificate is not trusted: %s", name, exc)
                 else:
                     log.warning("%s broker link down: %s", name, exc)
@@ -475,7 +475,7 @@ class BrokerLink:
             s.client_id,
             "resumed" if accepted.session_present else "new",
         )
-        self.count("connects")
+        self.count("broker_connects")
 
     async def _keep_alive(self, connection: _Connection) -> None:
         loop = asyncio.get_running_loop()
@@ -485,7 +485,7 @@ class BrokerLink:
                 connection.ping()
                 continue
             if action is Action.GIVE_UP:
-                self.count("keepalive_timeouts")
+                self.count("broker_keepalive_timeouts")
                 connection.close(LinkDown("keepalive_timeout", "no answer to PINGREQ"))
                 return
             await asyncio.sleep(max(0.0, at - loop.time()))
