@@ -128,6 +128,15 @@ class TestSessionWindows:
         assert data == mqtt5.PubAckPacket(7).write() + mqtt5.PubAckPacket(8).write()
         assert session.unacknowledged == 0
 
+    def test_unacknowledged_payload_bytes_are_counted_until_acknowledged(self):
+        session = accepted_session()
+        messages = session.receive(
+            publish_bytes(1, payload=b"a" * 300) + publish_bytes(2, payload=b"b" * 200)
+        )
+        assert session.unacknowledged_bytes == 500
+        session.acknowledge([m for m in messages if isinstance(m, Inbound) and m.mid == 1])
+        assert session.unacknowledged_bytes == 200
+
     def test_a_message_of_an_earlier_connection_is_not_acknowledged(self):
         session = accepted_session()
         [message] = session.receive(publish_bytes(7))

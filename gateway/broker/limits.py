@@ -39,6 +39,11 @@ def school_packet_limit(config: Config) -> int:
     return 2 * largest + PACKET_OVERHEAD
 
 
-def academy_packet_limit(config: Config) -> int:
-    """Bytes: the largest packet the academy link takes (command envelopes)."""
-    return 2 * config.commands.max_envelope_bytes + PACKET_OVERHEAD
+def academy_packet_limit(config: Config, max_manifest_bytes: int) -> int:
+    """Bytes: the largest packet the academy link takes (command envelopes, the manifest).
+
+    ``max_manifest_bytes`` is the cache's limit for a signed manifest (passed in:
+    the broker package does not import the cache).
+    """
+    largest = max(config.commands.max_envelope_bytes, max_manifest_bytes)
+    return 2 * largest + PACKET_OVERHEAD

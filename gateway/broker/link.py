@@ -17,26 +17,29 @@ bytes between them and a socket, and keeps the connection alive:
   broker keeps the message, and redelivers it if we crash.
 - **Flow control.** CONNECT carries Receive Maximum (``receive_max``): the
   broker sends at most that many QoS 1 messages we have not acknowledged,
-  then holds the rest queued (``broker_<name>_intake_pauses`` counts the
-  times the window filled, ``..._intake_resumes`` the times acknowledgements
+  then holds the rest queued (``broker_intake_pauses`` counts the
+  times the window filled, ``broker_intake_resumes`` the times acknowledgements
   opened it again). The link never stops reading its socket for that, so
   PINGRESP, PUBACK and SUBACK keep flowing while the store is slow. A
-  broker that overruns the window (``..._receive_max_overruns``; Mosquitto
-  2.0.11 does after a reconnect with a backlog) is tolerated, but the inbox
-  stays bounded: past ``receive_max`` waiting messages the link stops
-  reading (``..._read_pauses``) until the inbox has drained to half.
+  broker that overruns the window (``broker_receive_max_overruns``; Mosquitto
+  2.0.11 does after a reconnect with a backlog) is tolerated, but memory
+  stays bounded: past ``receive_max`` messages in the inbox, or
+  ``max_unacked_bytes`` of unacknowledged payload (receive_max x
+  max_packet_size could be hundreds of MB), the link stops reading
+  (``broker_read_pauses``) until both are down to half.
 - **Keepalive.** The link owns its timer (:class:`~gateway.broker.keepalive.Keepalive`):
-  PINGREQ when idle, connection dropped (``..._keepalive_timeouts``) when a
+  PINGREQ when idle, connection dropped (``broker_keepalive_timeouts``) when a
   ping has no answer for one more interval while the link reads.
 - **Packet size.** CONNECT carries Maximum Packet Size, so a broker never
   sends us more than ``max_packet_size`` bytes at once (it drops such a
   message for us); a broker that did is disconnected (``packet_too_large``)
   before the packet is buffered.
 - **Errors.** Reason codes of CONNACK, PUBACK, SUBACK and DISCONNECT are
-  logged by name and counted (``broker_<name>_link_down_<reason>``). TLS
+  logged by name and counted (``broker_link_down{reason}``,
+  ``broker_refusals{packet, reason}``; every series has a ``link`` label). TLS
   failures are told apart by exception type: ``ssl.SSLCertVerificationError``
   (the broker's certificate does not chain to the CA we pin) counts
-  ``..._tls_refused``.
+  ``broker_tls_refused``.
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ class LinkSettings:
     receive_max: int = 1_000
     # The largest packet we take (CONNECT Maximum Packet Size).
     max_packet_size: int = 256 * 1024
+    # Payload bytes of unacknowledged messages past which the link stops reading
+    # (until half is acknowledged): receive_max x max_packet_size could be large.
+    max_unacked_bytes: int = 32 * 1024 * 1024
     session_expiry_s: int = SESSION_NEVER_EXPIRES
 
 
@@ -114,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._receive_max = session.options.receive_max
+        self._max_unacked_bytes = link.settings.max_unacked_bytes
         self.keepalive = Keepalive(session.options.keepalive_s, self._loop.time())
         self.inbox: collections.deque[Inbound] = collections.deque()
         self.arrived = asyncio.Event()  # set when the inbox gets messages or the link is lost
@@ -191,7 +198,11 @@ class _Connection(asyncio.Protocol):
                 unacked,
                 self._receive_max,
             )
-        if self._reading and len(self.inbox) > self._receive_max and self._transport is not None:
+        over = (
+            len(self.inbox) > self._receive_max
+            or self._session.unacknowledged_bytes > self._max_unacked_bytes
+        )
+        if self._reading and over and self._transport is not None:
             self._reading = False
             self._transport.pause_reading()
             self.keepalive.reading_paused()
@@ -199,7 +210,14 @@ class _Connection(asyncio.Protocol):
 
     def took_message(self) -> None:
         """The dispatcher took a message from the inbox."""
-        if not self._reading and len(self.inbox) <= self._receive_max // 2:
+        if not self._reading:
+            self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if (
+            len(self.inbox) <= self._receive_max // 2
+            and self._session.unacknowledged_bytes <= self._max_unacked_bytes // 2
+        ):
             self._reading = True
             self.keepalive.reading_resumed(self._loop.time())
             if self._transport is not None:
@@ -226,6 +244,8 @@ class _Connection(asyncio.Protocol):
             self._link.count("broker_intake_resumes")
         if self._overrun and self._session.unacknowledged <= self._receive_max:
             self._overrun = False
+        if not self._reading:
+            self._maybe_resume()
 
     def _flush_acks(self) -> None:
         self._flush_scheduled = False

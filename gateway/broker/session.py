@@ -12,7 +12,8 @@ memory bounded are here:
   body is buffered. A partial packet waits as a list of chunks, joined once.
 - **Inbound window.** We send Receive Maximum in CONNECT; the broker may then
   have at most ``receive_max`` QoS 1 messages unacknowledged with us. The
-  session counts them (:attr:`Session.unacknowledged`); :meth:`acknowledge`
+  session counts them and their payload bytes (:attr:`Session.unacknowledged`,
+  :attr:`Session.unacknowledged_bytes`); :meth:`acknowledge`
   returns the PUBACKs for a batch in one buffer. A QoS 2 message is a
   protocol error (we subscribe with QoS 1 at most, so a broker may not send one).
 - **Outbound window.** The broker's Receive Maximum (CONNACK) bounds our own
@@ -144,7 +145,9 @@ class Session:
         self.options = options
         self.connection = connection
         self.accepted: Accepted | None = None
-        self._unacked: set[int] = set()  # inbound QoS 1 packet ids not yet acknowledged
+        # Inbound QoS 1 messages not acknowledged yet: packet id -> payload bytes.
+        self._unacked: dict[int, int] = {}
+        self.unacknowledged_bytes = 0
         self._pending: list[bytes] = []  # a partial packet, in chunks
         self._pending_bytes = 0
         self._needed = 0  # bytes the partial packet needs in all (0: header incomplete)
@@ -181,11 +184,14 @@ class Session:
         """The PUBACKs for ``messages`` of this connection, in one buffer (b"" if none)."""
         unacked = self._unacked
         packets = []
+        freed = 0
         for message in messages:
-            mid = message.mid
-            if message.connection == self.connection and mid in unacked:
-                unacked.discard(mid)
-                packets.append(mqtt5.PubAckPacket(mid).write())
+            if message.connection == self.connection:
+                size = unacked.pop(message.mid, None)
+                if size is not None:
+                    freed += size
+                    packets.append(mqtt5.PubAckPacket(message.mid).write())
+        self.unacknowledged_bytes -= freed
         return b"".join(packets)
 
     def free_slots(self) -> int:
@@ -296,11 +302,14 @@ class Session:
     def _message(self, packet: mqtt5.PublishPacket) -> Inbound:
         qos = packet.qos.value  # the codec's enums compare with == only: use the int
         mid = packet.packet_id or 0
+        payload = packet.payload
         if qos == 1:
-            self._unacked.add(mid)
+            size = len(payload)
+            self.unacknowledged_bytes += size - self._unacked.get(mid, 0)
+            self._unacked[mid] = size
         elif qos:
             raise LinkDown("protocol_error", "QoS 2 message on a QoS 1 subscription")
-        return Inbound(packet.topic, packet.payload, qos, packet.retain, mid, self.connection)
+        return Inbound(packet.topic, payload, qos, packet.retain, mid, self.connection)
 
     def _control(self, packet: object) -> Event:
         if isinstance(packet, mqtt5.PubAckPacket):
