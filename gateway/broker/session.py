@@ -260,56 +260,67 @@ class Session:
             self._pending.clear()
             self._pending_bytes = self._needed = 0
         events: list[Event] = []
-        view = memoryview(data)
-        size = len(data)
-        limit = self.options.max_packet_size
-        start = 0
-        while start < size:
-            frame = frame_length(data, start)
-            if frame is None:
-                break
-            header, body = frame
-            total = header + body
-            if total > limit:
-                raise LinkDown(
-                    "packet_too_large", f"the broker sent a {total}-byte packet, limit {limit}"
-                )
-            if start + total > size:
-                self._needed = total
-                break
-            events.append(self._decode(view[start : start + total], data[start] >> 4))
-            start += total
-        if start < size:
+        try:
+            start = self._parse(data, events)
+        except (ValueError, IndexError) as exc:
+            raise LinkDown("protocol_error", f"malformed packet from the broker: {exc}") from exc
+        except BaseException as exc:  # pyo3's PanicException: see the module docstring
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise LinkDown("protocol_error", f"undecodable packet from the broker: {exc}") from exc
+        if start < len(data):
             rest = data[start:]
             self._pending.append(rest)
             self._pending_bytes = len(rest)
         return events
 
-    def _decode(self, packet_bytes: memoryview, packet_type: int) -> Event:
-        try:
-            packet, _ = mqtt5.read(packet_bytes)
-        except (ValueError, IndexError) as exc:
-            raise LinkDown("protocol_error", f"malformed packet from the broker: {exc}") from exc
-        except BaseException as exc:  # pyo3's PanicException: see the module docstring
-            if not type(exc).__name__ == "PanicException":
-                raise
-            raise LinkDown("protocol_error", f"undecodable packet from the broker: {exc}") from exc
-        if packet_type == _PUBLISH:
-            assert isinstance(packet, mqtt5.PublishPacket)
-            return self._message(packet)
-        return self._control(packet)
+    def _parse(self, data: bytes, events: list[Event]) -> int:
+        """Append the events of the whole packets in ``data``; return where the rest starts.
 
-    def _message(self, packet: mqtt5.PublishPacket) -> Inbound:
-        qos = packet.qos.value  # the codec's enums compare with == only: use the int
-        mid = packet.packet_id or 0
-        payload = packet.payload
-        if qos == 1:
-            size = len(payload)
-            self.unacknowledged_bytes += size - self._unacked.get(mid, 0)
-            self._unacked[mid] = size
-        elif qos:
-            raise LinkDown("protocol_error", "QoS 2 message on a QoS 1 subscription")
-        return Inbound(packet.topic, payload, qos, packet.retain, mid, self.connection)
+        The hot path (one PUBLISH after another, ~14,000/s) is written out inline.
+        """
+        read = mqtt5.read
+        view = memoryview(data)
+        size = len(data)
+        limit = self.options.max_packet_size
+        unacked = self._unacked
+        connection = self.connection
+        append = events.append
+        start = 0
+        while size - start >= 2:
+            length_byte = data[start + 1]
+            if length_byte < 0x80:  # remaining length in one byte
+                total = 2 + length_byte
+            else:
+                frame = frame_length(data, start)
+                if frame is None:
+                    break
+                total = frame[0] + frame[1]
+            if total > limit:
+                raise LinkDown(
+                    "packet_too_large", f"the broker sent a {total}-byte packet, limit {limit}"
+                )
+            end = start + total
+            if end > size:
+                self._needed = total
+                break
+            packet = read(view[start:end])[0]
+            if data[start] >> 4 == _PUBLISH:
+                assert isinstance(packet, mqtt5.PublishPacket)
+                payload = packet.payload
+                mid = packet.packet_id or 0
+                qos = packet.qos.value  # the codec's enums compare with == only: use the int
+                if qos == 1:
+                    size_now = len(payload)
+                    self.unacknowledged_bytes += size_now - unacked.get(mid, 0)
+                    unacked[mid] = size_now
+                elif qos:
+                    raise LinkDown("protocol_error", "QoS 2 message on a QoS 1 subscription")
+                append(Inbound(packet.topic, payload, qos, packet.retain, mid, connection))
+            else:
+                append(self._control(packet))
+            start = end
+        return start
 
     def _control(self, packet: object) -> Event:
         if isinstance(packet, mqtt5.PubAckPacket):
