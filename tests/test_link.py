@@ -26,7 +26,7 @@ from gateway.config import config_from_mapping
 from gateway.lab.gateway_process import GatewayProcess
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 from gateway.sim.model import TabletModel
-from tests.conftest import lab_tables
+from tests.helpers import lab_tables
 
 OPTIONS = SessionOptions(
     client_id="gateway-gw-test",
