@@ -31,7 +31,10 @@ from gateway.sim.model import TabletModel
 from gateway.store.database import Database
 from tests.cache_lab import MB, CacheLab, blob, digest
 
-pytestmark = pytest.mark.skipif(not can_mount(), reason=CANNOT_MOUNT)
+pytestmark = [
+    pytest.mark.skipif(not can_mount(), reason=CANNOT_MOUNT),
+    pytest.mark.slow,  # filling real filesystems
+]
 
 
 @pytest.fixture
