@@ -213,6 +213,8 @@ class TestImageBoot:
         states = boot_check(text)
         assert states == ("active", "active"), f"console tail:\n{text[-6000:]}"
         extra = BOOT_EXTRA.search(text)
+        with capsys.disabled():
+            print(f"image {built_image.arch}: {extra.group(0) if extra else 'no BOOT-CHECK-EXTRA'}")
         assert extra is not None, f"console tail:\n{text[-6000:]}"
         # The provisioning file gives a technician key: sshd runs and listens.
         assert extra.group(1, 2) == ("listening", "active"), f"console tail:\n{text[-6000:]}"
