@@ -164,6 +164,17 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True)
+class TechniciansSection:
+    """Who may log in to the box over SSH (read by the image's provisioning step).
+
+    The gateway itself does not use it; it is declared so the provisioning
+    file, which is also the gateway's config, may carry it.
+    """
+
+    ssh_keys: tuple[str, ...] = ()  # OpenSSH public key lines; none = no SSH at all
+
+
+@dataclass(frozen=True)
 class ConsoleSection:
     """The school's own web console on the HTTP port (gateway/school_console)."""
 
@@ -195,6 +206,7 @@ class Config:
     commands: CommandsSection = field(default_factory=CommandsSection)
     enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
+    technicians: TechniciansSection = field(default_factory=TechniciansSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
 
