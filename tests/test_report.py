@@ -8,7 +8,12 @@ import pytest
 
 from gateway.errors import RejectedInput
 from gateway.sim.model import TabletModel
-from gateway.state.report import parse_presence, parse_state_report
+from gateway.state.report import (
+    _checked_report,
+    _fast_report,
+    parse_presence,
+    parse_state_report,
+)
 
 
 def report(**changes: object) -> bytes:
@@ -75,3 +80,108 @@ class TestBadReports:
         del body["seq"]
         with pytest.raises(RejectedInput, match="field 'seq' is missing"):
             parse_state_report("tab-0001", json.dumps(body).encode(), max_bytes=16384)
+
+
+def _outcome(parse, device: str, payload: bytes) -> tuple[object, ...]:
+    try:
+        return ("stored", parse(device, payload))
+    except RejectedInput as error:
+        return ("rejected", error.reason, str(error))
+
+
+def _raw(text: str) -> bytes:
+    """A report with the simulator's fields, then ``text`` spliced in before the last brace."""
+    return report()[:-1] + text.encode() + b"}"
+
+
+HEX = "0123456789abcdef" * 4
+
+
+class TestFastPath:
+    """The fast path (msgspec) and the reference checks give the same answer on every input."""
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            report(),
+            report(ts=1_764_000_000),  # an integer ts is taken, as a float
+            report(seq=1.0),
+            report(seq=2**53),
+            report(seq=2**53 + 1),
+            report(seq=2**70),
+            report(seq=-1),
+            report(battery_pct=50.0),
+            report(battery_pct=True),
+            report(charging=1),
+            report(locked=None),
+            report(ts=True),
+            report(ts=2**40),
+            report(ts=2**40 - 0.5),
+            report(content=None),
+            report(content=[]),
+            report(content=[HEX]),
+            report(content=[HEX.upper()]),
+            report(content=[HEX + "\n"]),
+            report(content=[HEX] * 501),
+            report(group=None),
+            report(group=""),
+            report(group="Class 1"),
+            report(epoch=None),
+            report(epoch=""),
+            report(epoch="e-1.x_Y"),
+            report(epoch="bad epoch"),
+            report(epoch="x" * 65),
+            report(apps=None),
+            report(apps={}),
+            report(apps={"a": ""}),
+            report(apps={"é" * 64: "1"}),
+            report(apps={"é" * 65: "1"}),
+            report(apps={f"app{i}": "1" for i in range(500)}),
+            report(apps={f"app{i}": "1" for i in range(501)}),
+            report(os_version="é" * 64),
+            report(os_version="é" * 65),
+            report(os_version=""),
+            report(storage_free_mb=32_001, storage_total_mb=32_000),
+            report(storage_total_mb=2**31 + 1),
+            report(device_id="tab-0002"),
+            report(device_id=None),
+            report(unknown_field={"x": [1, 2]}),
+            _raw(',"seq":7'),  # a repeated key: the last one counts
+            _raw(',"seq":"7"'),
+            _raw(',"apps":{"a":"1","a":"2"}'),
+            _raw(',"os_version":"\\ud800"'),  # a lone surrogate
+            _raw(',"ts":NaN'),
+            _raw(',"ts":Infinity'),
+            b"\xef\xbb\xbf" + report(),  # a UTF-8 byte order mark
+            report()[:-1],
+            b"[]",
+            b"null",
+            b"",
+        ],
+    )
+    def test_same_answer_as_the_reference(self, payload):
+        fast = _outcome(
+            lambda d, p: parse_state_report(d, p, max_bytes=65_536), "tab-0001", payload
+        )
+        reference = _outcome(lambda d, p: _checked_report(d, p, 65_536), "tab-0001", payload)
+        assert fast == reference
+
+    def test_a_simulated_report_takes_the_fast_path(self):
+        assert _fast_report("tab-0001", report()) == parse_state_report(
+            "tab-0001", report(), max_bytes=16384
+        )
+
+    @pytest.mark.parametrize(
+        ("changes", "detail"),
+        [
+            ({"content": None}, "'content' must be a list"),
+            ({"seq": 1.0}, "field 'seq' must be an integer"),
+            ({"charging": 1}, "field 'charging' must be true or false"),
+            ({"apps": None}, "field 'apps' must be an object"),
+            ({"epoch": None}, "field 'epoch'"),
+        ],
+    )
+    def test_what_only_the_fast_path_refuses_is_rejected_naming_the_field(self, changes, detail):
+        with pytest.raises(RejectedInput, match=detail) as error:
+            parse_state_report("tab-0001", report(**changes), max_bytes=16384)
+        assert error.value.reason == "bad_field"

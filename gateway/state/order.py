@@ -19,14 +19,18 @@ for tablets and for the academy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 RETIRED_KEPT = 8
 
 
-@dataclass(frozen=True)
-class Standing:
-    """A tablet's latest stored report, as the order sees it (seq -1: none yet)."""
+class Standing(msgspec.Struct, frozen=True, gc=False):
+    """A tablet's latest stored report, as the order sees it (seq -1: none yet).
+
+    A frozen msgspec Struct, not a frozen dataclass: one is built per report
+    on the ingest path, ~20x cheaper; no cycles possible, so no garbage
+    collector tracking (see gateway.state.report.StateReport).
+    """
 
     epoch: str = ""
     seq: int = -1

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
+
+import msgspec
 
 from gateway.errors import RejectedInput
 from gateway.topics import DEVICE_ID_PATTERN
@@ -21,9 +23,17 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-@dataclass(frozen=True)
-class StateReport:
-    """One validated state report from one tablet."""
+class StateReport(msgspec.Struct, frozen=True, gc=False):
+    """One validated state report from one tablet.
+
+    A frozen msgspec Struct rather than the house's frozen dataclass: the
+    same immutable, typed, comparable record, built in ~0.2 us instead of
+    ~4 us (a frozen dataclass sets each of its 13 fields through
+    ``object.__setattr__``), and one is built per report, thousands a second.
+    ``gc=False``: it holds only strings, numbers and tuples of strings, so it
+    can never be part of a reference cycle, and thousands of them waiting in
+    the ingest queue no longer make every garbage collection longer.
+    """
 
     device_id: str
     seq: int
@@ -144,8 +154,89 @@ def _content(obj: dict[str, Any]) -> tuple[str, ...] | None:
 
 
 def parse_state_report(device_id: str, payload: bytes, *, max_bytes: int) -> StateReport:
-    """Validate a report published on ``tablets/<device_id>/state``."""
+    """Validate a report published on ``tablets/<device_id>/state``.
+
+    Every report first takes the fast path (:func:`_fast_report`); whatever
+    it does not accept goes through the reference checks below, which decide
+    the reason and the field named in the rejection.
+    """
     check_device_id(device_id)
+    if len(payload) > max_bytes:
+        raise RejectedInput("too_large", f"payload is {len(payload)} bytes, limit {max_bytes}")
+    return _fast_report(device_id, payload) or _checked_report(device_id, payload, max_bytes)
+
+
+# The fast path. msgspec (PyPI; a maintained, typed C extension for JSON with
+# wheels for x86_64 and aarch64) decodes the payload straight into a typed
+# struct and checks types and bounds as it goes, for less than half the CPU
+# of json.loads plus the checks below per report, which matters at thousands of
+# reports a second on a Pi. It is strictly narrower than the reference
+# checks (no bool for an int, no float for an int, no null for an absent
+# field, UTF-8 only, the same bounds): a payload it accepts, the reference
+# accepts with the same result (tests/test_report.py::TestFastPath); any
+# payload it refuses goes through the reference checks, so every rejection
+# reason and detail comes from one place.
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+_Size = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+
+
+class _Wire(msgspec.Struct, gc=False):  # transient, holds no cycles
+    device_id: str
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    ts: Annotated[float, msgspec.Meta(ge=0, lt=2**40)]  # a JSON integer is taken too
+    battery_pct: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    charging: bool
+    storage_free_mb: _Size
+    storage_total_mb: _Size
+    os_version: _Text
+    locked: bool
+    apps: Annotated[dict[_Text, _Text], msgspec.Meta(max_length=MAX_APPS)] = msgspec.field(
+        default_factory=dict
+    )
+    content: (
+        Annotated[list[str], msgspec.Meta(max_length=MAX_CONTENT_ITEMS)] | msgspec.UnsetType
+    ) = msgspec.UNSET
+    group: str = ""
+    epoch: str = ""
+
+
+_WIRE = msgspec.json.Decoder(_Wire)
+
+
+def _fast_report(device_id: str, payload: bytes) -> StateReport | None:
+    """The report if the fast path accepts it, else None (then the reference decides)."""
+    try:
+        wire = _WIRE.decode(payload)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    content = None if isinstance(wire.content, msgspec.UnsetType) else tuple(wire.content)
+    if (
+        wire.device_id != device_id
+        or wire.storage_free_mb > wire.storage_total_mb
+        or (wire.group and not DEVICE_ID_PATTERN.fullmatch(wire.group))
+        or (wire.epoch and not EPOCH_PATTERN.fullmatch(wire.epoch))
+        or (content and not all(map(SHA256_HEX.fullmatch, content)))
+    ):
+        return None
+    return StateReport(
+        device_id=device_id,
+        seq=wire.seq,
+        ts=wire.ts,
+        battery_pct=wire.battery_pct,
+        charging=wire.charging,
+        storage_free_mb=wire.storage_free_mb,
+        storage_total_mb=wire.storage_total_mb,
+        os_version=wire.os_version,
+        apps=tuple(sorted(wire.apps.items())),
+        locked=wire.locked,
+        group=wire.group,
+        content=content,
+        epoch=wire.epoch,
+    )
+
+
+def _checked_report(device_id: str, payload: bytes, max_bytes: int) -> StateReport:
+    """The reference checks: a report, or RejectedInput naming the reason and the field."""
     obj = _decode_object(payload, max_bytes)
     claimed = obj.get("device_id")
     if claimed != device_id:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
+import msgspec
 
 from gateway.state.order import NO_REPORT, Standing, after, supersedes
 from gateway.state.report import Presence, StateReport
@@ -65,9 +66,11 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
-@dataclass(frozen=True)
-class Winner:
-    """A report that supersedes its tablet's stored one, and the standing it leaves."""
+class Winner(msgspec.Struct, frozen=True, gc=False):
+    """A report that supersedes its tablet's stored one, and the standing it leaves.
+
+    A msgspec Struct: one per report on the ingest path (see StateReport).
+    """
 
     report: StateReport
     standing: Standing
@@ -124,7 +127,7 @@ async def store_reports(
                 seq,
                 now,
                 w.standing.epoch,
-                json.dumps(list(w.standing.retired)),
+                json.dumps(w.standing.retired) if w.standing.retired else "[]",
             )
             for seq, w in enumerate(won, first_upstream_seq)
         ],
