@@ -14,6 +14,7 @@ from gateway.state.report import (
     parse_presence,
     parse_state_report,
 )
+from gateway.state.shadow import canonical_json, report_json
 
 
 def report(**changes: object) -> bytes:
@@ -185,3 +186,28 @@ class TestFastPath:
         with pytest.raises(RejectedInput, match=detail) as error:
             parse_state_report("tab-0001", report(**changes), max_bytes=16384)
         assert error.value.reason == "bad_field"
+
+
+class TestStoredForm:
+    """The stored (and relayed) text is the canonical JSON, whichever encoder writes it."""
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {},
+            {"ts": 0.0},
+            {"ts": 0.0001},
+            {"ts": 0.00004652039104148226},  # exponent form in Python
+            {"ts": 1e-7},
+            {"ts": 2**40 - 0.5},
+            {"os_version": "Android 14 é"},
+            {"os_version": "del\x7f"},
+            {"os_version": 'tab\t\n\x01"\\/'},
+            {"apps": {"z.app": "1", "a.app": "ü", "M.app": "2", "_": "3"}},
+            {"epoch": "e-1", "content": [HEX]},
+        ],
+    )
+    def test_same_text_as_the_standard_encoder(self, changes):
+        parsed = parse_state_report("tab-0001", report(**changes), max_bytes=16384)
+        assert report_json(parsed) == canonical_json(parsed.as_dict())
+        assert json.loads(report_json(parsed)) == parsed.as_dict()

@@ -66,6 +66,22 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+# msgspec writes the same canonical text several times cheaper, except for
+# floats below 1e-4 (exponent form), non-ASCII characters and DEL (it does
+# not escape them): for those, the standard encoder.
+_FAST_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
+def report_json(report: StateReport) -> str:
+    """``canonical_json(report.as_dict())``, byte for byte, at a fraction of the cost."""
+    body = report.as_dict()
+    if report.ts == 0 or report.ts >= 1e-4:
+        text = _FAST_CANONICAL.encode(body)
+        if text.isascii() and b"\x7f" not in text:
+            return text.decode("ascii")
+    return canonical_json(body)
+
+
 class Winner(msgspec.Struct, frozen=True, gc=False):
     """A report that supersedes its tablet's stored one, and the standing it leaves.
 
@@ -119,7 +135,7 @@ async def store_reports(
         [
             (
                 w.report.device_id,
-                canonical_json(w.report.as_dict()),
+                report_json(w.report),
                 w.report.seq,
                 w.report.group,
                 now,
