@@ -104,7 +104,9 @@ async def standings(conn: aiosqlite.Connection, devices: Iterable[str]) -> dict[
             chunk,
         ) as cursor:
             for device_id, epoch, seq, retired in await cursor.fetchall():
-                found[device_id] = Standing(epoch, int(seq), tuple(json.loads(retired)))
+                # Most tablets never reset their counter: skip parsing their "[]".
+                gone = tuple(json.loads(retired)) if retired != "[]" else ()
+                found[device_id] = Standing(epoch, int(seq), gone)
     return found
 
 
