@@ -69,6 +69,10 @@ def register(commands: Any) -> None:
     watch.add_argument("--json", action="store_true", help="print decoded messages as JSON")
     watch.set_defaults(handler=_cmd_watch)
 
+    from gateway.academy.service_cli import register_service
+
+    register_service(sub)
+
 
 def _command_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--school", required=True, help="school id")
