@@ -63,7 +63,7 @@ from gateway.academy.store.database import DATABASE_ERRORS, connect, is_transien
 from gateway.backoff import backoff_delay
 from gateway.batching import next_batch
 from gateway.broker.link import BrokerLink, Inbound, LinkSettings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.metrics import Counters
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class IngestWorker:
                     "SELECT counters FROM ingest_workers WHERE worker = $1", self.name
                 )
                 break
-            except DATABASE_ERRORS as exc:
+            except (StoreError, *DATABASE_ERRORS) as exc:
                 await self._wait_for_database(exc, attempt)
                 attempt += 1
         if saved:
@@ -228,8 +228,8 @@ class IngestWorker:
             try:
                 await self._apply_once(decoded)
                 return
-            except DATABASE_ERRORS as exc:
-                if is_transient(exc):
+            except (StoreError, *DATABASE_ERRORS) as exc:
+                if is_transient(exc.__cause__ if isinstance(exc, StoreError) else exc):
                     await self._wait_for_database(exc, attempt)
                     attempt += 1
                     continue
