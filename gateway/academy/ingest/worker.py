@@ -59,11 +59,11 @@ from gateway.academy.ingest.upstream import (
     Row,
     decode_upstream,
 )
-from gateway.academy.store.database import DATABASE_ERRORS, connect, is_transient
+from gateway.academy.store.database import RETRYABLE_CATCH, connect, is_transient
 from gateway.backoff import backoff_delay
 from gateway.batching import next_batch
 from gateway.broker.link import BrokerLink, Inbound, LinkSettings
-from gateway.errors import ConfigError, StoreError
+from gateway.errors import ConfigError
 from gateway.metrics import Counters
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class IngestWorker:
                     "SELECT counters FROM ingest_workers WHERE worker = $1", self.name
                 )
                 break
-            except (StoreError, *DATABASE_ERRORS) as exc:
+            except RETRYABLE_CATCH as exc:
                 await self._wait_for_database(exc, attempt)
                 attempt += 1
         if saved:
@@ -228,8 +228,8 @@ class IngestWorker:
             try:
                 await self._apply_once(decoded)
                 return
-            except (StoreError, *DATABASE_ERRORS) as exc:
-                if is_transient(exc.__cause__ if isinstance(exc, StoreError) else exc):
+            except RETRYABLE_CATCH as exc:
+                if is_transient(exc):
                     await self._wait_for_database(exc, attempt)
                     attempt += 1
                     continue

@@ -35,8 +35,14 @@ _RETRY_SQLSTATES = {
 }
 
 
-def is_transient(exc: BaseException) -> bool:
+# The errors a worker catches around PostgreSQL: the library's, and ours from connect().
+RETRYABLE_CATCH: tuple[type[BaseException], ...] = (StoreError, *DATABASE_ERRORS)
+
+
+def is_transient(exc: BaseException | None) -> bool:
     """True when trying again later may succeed (server down or restarting, lock conflict)."""
+    if isinstance(exc, StoreError):
+        return is_transient(exc.__cause__)
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True
     if isinstance(exc, asyncpg.PostgresConnectionError):
