@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = Path("/etc/school-academy/academy.toml")
+
+
+def _log_to_stdout(verbose: bool) -> None:
+    """Log to unbuffered stdout, as the gateway does; journald takes it from there."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    logging.getLogger("mqtt").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def register_service(sub: Any) -> None:
@@ -29,9 +43,8 @@ def register_service(sub: Any) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.academy.config import load_academy_config
     from gateway.academy.service import serve
-    from gateway.cli import setup_logging
 
-    setup_logging(args.verbose)
+    _log_to_stdout(args.verbose)
     config = load_academy_config(args.config)
     asyncio.run(serve(config, args.config))
     return 0
@@ -40,9 +53,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from gateway.academy.config import load_academy_config
     from gateway.academy.service import run_worker
-    from gateway.cli import setup_logging
 
-    setup_logging(args.verbose)
+    _log_to_stdout(args.verbose)
     config = load_academy_config(args.config)
     if not 1 <= args.worker <= 1000:
         raise SystemExit("--worker must be 1..1000")
