@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import importlib
 import json
+import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +161,22 @@ def _broker(text: str) -> tuple[str, int]:
 
 async def publish_envelope(host: str, port: int, school_id: str, envelope: bytes) -> None:
     """Publish one envelope, QoS 1, and wait for the broker's acknowledgement."""
+    await publish_envelopes(host, port, [(school_id, envelope)])
+
+
+async def publish_envelopes(
+    host: str,
+    port: int,
+    envelopes: Sequence[tuple[str, bytes]],
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Publish each (school, envelope) to that school's command topic, QoS 1, on one
+    connection, waiting for every acknowledgement (the console sends through this too)."""
     try:
-        async with aiomqtt.Client(host, port, timeout=10) as client:
-            await client.publish(topics.academy_commands(school_id), envelope, qos=1)
+        async with aiomqtt.Client(host, port, timeout=10, tls_context=tls) as client:
+            for school_id, envelope in envelopes:
+                await client.publish(topics.academy_commands(school_id), envelope, qos=1)
     except aiomqtt.MqttError as exc:
         raise BrokerError(f"academy broker {host}:{port}: {exc}") from exc
 

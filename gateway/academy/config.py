@@ -8,11 +8,13 @@ out of range stops start-up with one ConfigError naming the key and the file.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.config import build_dataclass, read_toml
+from gateway.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,17 @@ def academy_config_from_mapping(
 def load_academy_config(path: Path) -> AcademyConfig:
     """Read and validate ``path``; raise ConfigError naming the key and file."""
     return academy_config_from_mapping(read_toml(path), source=path)
+
+
+def broker_tls(config: AcademyConfig) -> ssl.SSLContext | None:
+    """TLS to the academy broker when ``broker.ca_file`` is set (client cert optional)."""
+    broker = config.broker
+    if not broker.ca_file:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=broker.ca_file)
+        if broker.cert_file:
+            context.load_cert_chain(broker.cert_file, broker.key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.source}: broker TLS files: {exc}") from exc
+    return context

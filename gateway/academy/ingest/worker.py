@@ -43,14 +43,13 @@ import datetime
 import json
 import logging
 import os
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from gateway.academy.config import AcademyConfig
+from gateway.academy.config import AcademyConfig, broker_tls
 from gateway.academy.ingest.apply import Applied, apply_batch, prepare_connection
 from gateway.academy.ingest.upstream import (
     DecodedPayload,
@@ -63,7 +62,6 @@ from gateway.academy.store.database import RETRYABLE_CATCH, connect, is_transien
 from gateway.backoff import backoff_delay
 from gateway.batching import next_batch
 from gateway.broker.link import BrokerLink, Inbound, LinkSettings
-from gateway.errors import ConfigError
 from gateway.metrics import Counters
 
 log = logging.getLogger(__name__)
@@ -95,20 +93,6 @@ class Decoded:
 
 def worker_name(config: AcademyConfig, index: int) -> str:
     return f"{config.broker.client_id_prefix}-{index}"
-
-
-def broker_tls(config: AcademyConfig) -> ssl.SSLContext | None:
-    """TLS to the academy broker when ``broker.ca_file`` is set (client cert optional)."""
-    broker = config.broker
-    if not broker.ca_file:
-        return None
-    try:
-        context = ssl.create_default_context(cafile=broker.ca_file)
-        if broker.cert_file:
-            context.load_cert_chain(broker.cert_file, broker.key_file or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{config.source}: broker TLS files: {exc}") from exc
-    return context
 
 
 def subscriptions(config: AcademyConfig, index: int) -> tuple[tuple[str, int], ...]:
