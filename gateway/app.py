@@ -32,7 +32,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
-from gateway.metrics import Counters
+from gateway.metrics import Counters, Reading
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
 from gateway.relay.outbox import OutboxBudget
@@ -273,21 +273,22 @@ class Gateway:
 
     async def metrics(self) -> tuple[bytes, str]:
         """``/metrics``: counters, backlog and tablet gauges, box health (Prometheus text)."""
-        gauges: dict[str, float] = {}
+        gauges = [
+            Reading("broker_link_up", float(link.is_connected), {"link": link.settings.name})
+            for link in (self.school_link, self.academy_link)
+        ]
         if self._db is not None:
             backlog = await outbox.backlog(self._db)
             known, online = await tablet_counts(self._db)
-            gauges = {
-                "outbox_rows": backlog["rows"],
-                "outbox_bytes": backlog["bytes"],
-                "outbox_oldest_age_seconds": backlog["oldest_age_s"],
-                "tablets_known": known,
-                "tablets_online": online,
-            }
-        gauges["academy_link_up"] = float(self.academy_link.is_connected)
-        gauges["school_link_up"] = float(self.school_link.is_connected)
+            gauges += [
+                Reading("outbox_rows", backlog["rows"]),
+                Reading("outbox_bytes", backlog["bytes"]),
+                Reading("outbox_oldest_age_seconds", backlog["oldest_age_s"]),
+                Reading("tablets_known", known),
+                Reading("tablets_online", online),
+            ]
         health = collect_box_health(self.config.gateway.state_dir)
-        return render_metrics(self.counters.snapshot(), gauges, health)
+        return render_metrics(self.counters, gauges, health)
 
     async def _route_school_message(self, message: Inbound) -> None:
         topic = topics.parse_tablet_topic(message.topic)

@@ -195,7 +195,7 @@ class TestStoredOutbox:
         assert sum(r.kind == "result" for r in rows) == 10
         assert [r.body["n"] for r in rows if r.kind == "summary"] == [4]
         assert await outbox.shed_totals(db) == {"state": plan.count("state"), "summary": 4}
-        assert counters.get("outbox_shed_summary") == 4
+        assert counters.get("outbox_shed", kind="summary") == 4
         assert budget.peak_bytes == backlog["bytes"]
 
 

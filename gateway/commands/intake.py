@@ -177,8 +177,7 @@ class CommandIntake:
         self._count_rejection(exc, command_id)
 
     def _count_rejection(self, exc: RejectedInput, command_id: str | None) -> None:
-        self._counters.inc("command_envelopes_rejected")
-        self._counters.inc(f"command_envelopes_rejected_{exc.reason}")
+        self._counters.inc("command_envelopes_rejected", reason=exc.reason)
         log.warning("rejected command envelope (claimed id %s): %s", command_id, exc)
 
 

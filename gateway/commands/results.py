@@ -90,8 +90,7 @@ class CommandResults:
         self._counters.inc("command_results_recorded", len(changed))
         self._counters.inc("command_results_repeated", len(results) - len(changed) - len(unknown))
         for result in unknown:
-            self._counters.inc("command_results_rejected")
-            self._counters.inc("command_results_rejected_unknown_command")
+            self._counters.inc("command_results_rejected", reason="unknown_command")
             log.warning(
                 "rejected result from device %r: no delivery of command %r to it",
                 result.device_id,
@@ -103,12 +102,11 @@ class CommandResults:
     def _parse(self, message: Inbound) -> TabletResult | None:
         topic = parse_tablet_topic(message.topic)
         if topic is None or topic.channel != "results":
-            self._counters.inc("command_results_rejected")
+            self._counters.inc("command_results_rejected", reason="bad_topic")
             return None
         try:
             return parse_result(topic.device_id, message.payload)
         except RejectedInput as exc:
-            self._counters.inc("command_results_rejected")
-            self._counters.inc(f"command_results_rejected_{exc.reason}")
+            self._counters.inc("command_results_rejected", reason=exc.reason)
             log.warning("rejected result from device %r: %s", topic.device_id[:80], exc)
             return None

@@ -105,4 +105,4 @@ class OutboxDrain:
             await outbox.acknowledge(self._db, rows)
             self._counters.inc("upstream_batches_sent")
             self._counters.inc("upstream_bytes_sent", len(payload))
-            self._counters.inc(f"upstream_{kind}_sent", len(rows))
+            self._counters.inc("upstream_messages_sent", len(rows), kind=kind)

@@ -206,7 +206,7 @@ class OutboxBudget:
             shed = plan.count(kind)
             if shed:
                 await _add_to_meta(conn, SHED_TOTAL_KEY.format(kind=kind), shed)
-                self._counters.inc(f"outbox_shed_{kind}", shed)
+                self._counters.inc("outbox_shed", shed, kind=kind)
         if plan.drop:
             log.warning(
                 "outbox over its budget of %d bytes: shed %d summaries and %d tablet states",

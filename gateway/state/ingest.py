@@ -112,7 +112,7 @@ class StateIngest:
     def _parse(self, message: Inbound) -> StateReport | Presence | None:
         topic = parse_tablet_topic(message.topic)
         if topic is None:
-            self._counters.inc("tablet_messages_rejected_bad_topic")
+            self._counters.inc("tablet_messages_rejected", channel="unknown", reason="bad_topic")
             log.warning("rejected message on unexpected topic %r", message.topic[:120])
             return None
         try:
@@ -126,8 +126,7 @@ class StateIngest:
                     return None
                 return parse_presence(topic.device_id, message.payload)
         except RejectedInput as exc:
-            self._counters.inc(f"{topic.channel}_messages_rejected_{exc.reason}")
-            self._counters.inc("tablet_messages_rejected")
+            self._counters.inc("tablet_messages_rejected", channel=topic.channel, reason=exc.reason)
             log.warning(
                 "rejected %s message from device %r: %s",
                 topic.channel,
