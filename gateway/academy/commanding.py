@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.academy.cli import publish_envelopes
 from gateway.academy.config import AcademyConfig, broker_tls
 from gateway.academy.signing import build_payload, load_private_key, new_command_id, parse_ttl
+from gateway.academy.store.database import Conn
 from gateway.commands.actions import ACTIONS, check_action
 from gateway.errors import BrokerError, RejectedInput
 from gateway.security.keyfiles import check_private_file
@@ -133,7 +133,7 @@ def parse_order(form: Mapping[str, Any], *, max_ttl_s: float) -> CommandOrder:
     return CommandOrder(action, params, schools, targets, ttl_s)
 
 
-async def reach(conn: asyncpg.Connection, order: CommandOrder) -> dict[str, Any]:
+async def reach(conn: Conn, order: CommandOrder) -> dict[str, Any]:
     """Per school, the tablets the order targets today; schools the store does not know."""
     known = {
         r["school_id"]
@@ -179,7 +179,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 async def send(
-    conn: asyncpg.Connection,
+    conn: Conn,
     config: AcademyConfig,
     order: CommandOrder,
     *,
@@ -250,7 +250,7 @@ async def send(
 
 
 async def publish(
-    conn: asyncpg.Connection,
+    conn: Conn,
     config: AcademyConfig,
     command_id: str,
     envelopes: list[tuple[str, bytes]],
@@ -266,7 +266,7 @@ async def publish(
         log.error("command %s not published: %s", command_id, error)
     at = datetime.datetime.now(datetime.UTC)
     await conn.execute(
-        "UPDATE command_schools SET published_at = CASE WHEN $3 = '' THEN $4 END,"
+        "UPDATE command_schools SET published_at = CASE WHEN $3::text = '' THEN $4::timestamptz END,"
         " publish_error = $3 WHERE command_id = $1 AND school_id = ANY($2::text[])",
         command_id,
         [school for school, _ in envelopes],
@@ -275,7 +275,7 @@ async def publish(
     )
 
 
-async def publish_again(conn: asyncpg.Connection, config: AcademyConfig, command_id: str) -> int:
+async def publish_again(conn: Conn, config: AcademyConfig, command_id: str) -> int:
     """Publish again the envelopes of a command that did not go out; how many."""
     rows = await conn.fetch(
         "SELECT school_id, envelope FROM command_schools"
@@ -289,7 +289,7 @@ async def publish_again(conn: asyncpg.Connection, config: AcademyConfig, command
 
 
 async def audit(
-    conn: asyncpg.Connection, actor: str, address: str, action: str, detail: Mapping[str, Any]
+    conn: Conn, actor: str, address: str, action: str, detail: Mapping[str, Any]
 ) -> None:
     """One line of the audit log (inside the caller's transaction when there is one)."""
     await conn.execute(

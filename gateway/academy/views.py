@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.academy.store.database import Conn
 from gateway.state.summary import is_older
 
 SORTS = {
@@ -115,7 +116,7 @@ def _plain(record: asyncpg.Record) -> dict[str, Any]:
 
 
 async def overview(
-    conn: asyncpg.Connection, query: OverviewQuery | None = None, *, silent_s: float = 900.0
+    conn: Conn, query: OverviewQuery | None = None, *, silent_s: float = 900.0
 ) -> dict[str, Any]:
     """Every school's figures (one page of them), and the totals."""
     q = query or OverviewQuery()
@@ -151,9 +152,7 @@ def needs_attention(row: dict[str, Any]) -> list[str]:
     return reasons
 
 
-async def school(
-    conn: asyncpg.Connection, school_id: str, *, silent_s: float = 900.0
-) -> dict[str, Any] | None:
+async def school(conn: Conn, school_id: str, *, silent_s: float = 900.0) -> dict[str, Any] | None:
     """One school: its gateways and box health, uplink history, tablets, commands."""
     found = await conn.fetchrow("SELECT * FROM schools WHERE school_id = $1", school_id)
     if found is None:
@@ -213,7 +212,7 @@ async def school(
 
 
 async def commands_list(
-    conn: asyncpg.Connection, *, school_id: str | None = None, limit: int = 100
+    conn: Conn, *, school_id: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """Recent commands with their totals (for one school when ``school_id`` is given)."""
     rows = await conn.fetch(
@@ -237,7 +236,7 @@ async def commands_list(
     return result
 
 
-async def command_detail(conn: asyncpg.Connection, command_id: str) -> dict[str, Any] | None:
+async def command_detail(conn: Conn, command_id: str) -> dict[str, Any] | None:
     """A command: per school progress and total, each tablet's result, rejections."""
     found = await conn.fetchrow("SELECT * FROM commands WHERE command_id = $1", command_id)
     if found is None:

@@ -100,11 +100,14 @@ async def fetch_value(dsn: str, query: str) -> Any:
             await conn.close()
 
 
-async def seen_reaches(dsn: str, count: int, within_s: float) -> int:
+async def seen_reaches(dsn: str, count: int, within_s: float, workers: list[AcademyProcess]) -> int:
+    """Wait until ``count`` messages are applied; fail at once if a worker died on its own."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
     value = 0
     while loop.time() < deadline:
+        crashed = [w.name for w in workers if not w.running]
+        assert not crashed, f"worker(s) {crashed} exited: see {[str(w.log_path) for w in workers]}"
         value = await fetch_value(dsn, "SELECT count(*) FROM upstream_seen") or value
         if value >= count:
             return value
@@ -160,7 +163,7 @@ class TestIngestFaults:
         victim = workers[0]
         kills = 0
         for fraction in (0.15, 0.35, 0.55, 0.75):
-            reached = await seen_reaches(academy_dsn, int(total * fraction), 60)
+            reached = await seen_reaches(academy_dsn, int(total * fraction), 60, workers)
             if reached >= total:
                 break
             await victim.kill()
@@ -168,7 +171,7 @@ class TestIngestFaults:
             await victim.start_connected()
         await publisher
         assert kills >= 2, "the flood was over before the worker could be killed twice"
-        assert await seen_reaches(academy_dsn, total, 120) == total
+        assert await seen_reaches(academy_dsn, total, 120, workers) == total
         await assert_exactly_once(academy_dsn, totals)
         assert victim.starts == kills + 1
 
@@ -184,13 +187,13 @@ class TestIngestFaults:
         publisher = asyncio.create_task(publish_all(academy_broker, payloads))
         restarts = 0
         for fraction, mode in ((0.2, "fast"), (0.5, "immediate")):
-            if await seen_reaches(academy_dsn, int(total * fraction), 60) >= total:
+            if await seen_reaches(academy_dsn, int(total * fraction), 60, workers) >= total:
                 break
             await asyncio.to_thread(postgres.restart, mode)
             restarts += 1
         await publisher
         assert restarts == 2, "the flood was over before PostgreSQL could be restarted twice"
-        assert await seen_reaches(academy_dsn, total, 120) == total
+        assert await seen_reaches(academy_dsn, total, 120, workers) == total
         await assert_exactly_once(academy_dsn, totals)
         assert all(w.running for w in workers)
         assert sum(w.count("PostgreSQL") for w in workers) >= 1  # they saw it go, and waited

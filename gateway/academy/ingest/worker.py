@@ -39,6 +39,7 @@ Nothing is dropped by the worker; each wait is counted
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import json
 import logging
@@ -83,6 +84,26 @@ VALUES ($1, $2, $3, $4, $5, $6)
 """
 
 
+class Tally:
+    """The worker's own counters (names above), committed as JSON with every batch.
+
+    Not the box's metric catalogue (gateway.metrics): these are the academy
+    service's figures, kept in ``ingest_workers`` and shown by the console.
+    """
+
+    def __init__(self) -> None:
+        self._values: collections.Counter[str] = collections.Counter()
+
+    def inc(self, name: str, amount: int = 1) -> None:
+        self._values[name] += amount
+
+    def get(self, name: str) -> int:
+        return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(sorted(self._values.items()))
+
+
 @dataclass(frozen=True)
 class Decoded:
     """One MQTT payload, decoded."""
@@ -109,7 +130,8 @@ class IngestWorker:
     def __init__(self, config: AcademyConfig, index: int) -> None:
         self.config = config
         self.name = worker_name(config, index)
-        self.counters = Counters()
+        self.counters = Tally()
+        self.link_counters = Counters()  # the broker link's own (gateway.metrics catalogue)
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=config.ingest.queue_payloads)
         self._conn: asyncpg.Connection | None = None
         self._started = datetime.datetime.now(datetime.UTC)
@@ -123,7 +145,7 @@ class IngestWorker:
                 subscriptions=subscriptions(config, index),
                 tls=broker_tls(config),
             ),
-            self.counters,
+            self.link_counters,
             on_message=self._accept,
         )
         self.committed = asyncio.Event()  # set after every commit (tests wait on it)
@@ -241,7 +263,7 @@ class IngestWorker:
                 statuses.append(item.payload.status)
             refusals.extend((item.message, r.reason, r.detail) for r in item.payload.refusals)
         now = time.time()
-        pending = Counters()
+        pending = Tally()
         conn = await self._connection()
         async with conn.transaction():
             applied = await apply_batch(conn, rows, statuses, now=now)
@@ -255,7 +277,7 @@ class IngestWorker:
 
     def _count(
         self,
-        pending: Counters,
+        pending: Tally,
         decoded: Sequence[Decoded],
         applied: Applied,
         refusals: list[tuple[Inbound, str, str]],
@@ -290,7 +312,7 @@ class IngestWorker:
                 at,
             )
 
-    async def _save_counters(self, conn: asyncpg.Connection, pending: Counters, now: float) -> None:
+    async def _save_counters(self, conn: asyncpg.Connection, pending: Tally, now: float) -> None:
         totals = self.counters.snapshot()
         for name, value in pending.snapshot().items():
             totals[name] = totals.get(name, 0) + value

@@ -9,13 +9,18 @@ workers) rather than a defect in what we sent.
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway.academy.store.migrations import apply_migrations
 from gateway.errors import StoreError
 
 log = logging.getLogger(__name__)
+
+# A connection of its own, or one borrowed from the console's pool.
+Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 # What a connection or a statement may raise that is about the database, not us.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
