@@ -266,7 +266,8 @@ async def publish(
         log.error("command %s not published: %s", command_id, error)
     at = datetime.datetime.now(datetime.UTC)
     await conn.execute(
-        "UPDATE command_schools SET published_at = CASE WHEN $3::text = '' THEN $4::timestamptz END,"
+        "UPDATE command_schools"
+        " SET published_at = CASE WHEN $3::text = '' THEN $4::timestamptz END,"
         " publish_error = $3 WHERE command_id = $1 AND school_id = ANY($2::text[])",
         command_id,
         [school for school, _ in envelopes],

@@ -4,6 +4,7 @@ gateway's own encoder."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -68,3 +69,16 @@ def academy_config(dsn: str, broker_port: int, **sections: dict[str, Any]) -> Ac
     return academy_config_from_mapping(
         academy_tables(dsn, broker_port, **sections), source=Path("<test>")
     )
+
+
+async def until(db: asyncpg.Connection, query: str, expected: Any, within_s: float = 20) -> Any:
+    """Poll ``query`` until it returns ``expected`` (or the deadline); its last value."""
+    value: Any = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while loop.time() < deadline:
+        value = await db.fetchval(query)
+        if value == expected:
+            return value
+        await asyncio.sleep(0.05)
+    return value

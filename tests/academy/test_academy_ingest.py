@@ -19,7 +19,7 @@ from gateway.academy.ingest.upstream import StateRow, SummaryRow, decode_upstrea
 from gateway.academy.ingest.worker import IngestWorker
 from gateway.lab.mosquitto import MosquittoProcess
 from gateway.lab.waiting import wait_until
-from tests.academy.conftest import academy_config
+from tests.academy.conftest import academy_config, until
 
 SCHOOL, GW = "school-a", "gw-a"
 UP = f"schools/{SCHOOL}/gateways/{GW}/up"
@@ -139,18 +139,6 @@ async def publish(
     async with aiomqtt.Client(broker.host, broker.port) as client:
         for topic, raw in messages:
             await client.publish(topic, raw, qos=1, retain=retain)
-
-
-async def until(db: asyncpg.Connection, query: str, expected: Any, within_s: float = 20) -> Any:
-    value: Any = None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while loop.time() < deadline:
-        value = await db.fetchval(query)
-        if value == expected:
-            return value
-        await asyncio.sleep(0.05)
-    return value
 
 
 class TestIngest:
