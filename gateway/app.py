@@ -29,7 +29,7 @@ from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import Config
-from gateway.errors import GatewayError, RejectedInput
+from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
 from gateway.metrics import Counters, Reading
@@ -39,7 +39,7 @@ from gateway.relay.outbox import OutboxBudget
 from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
-from gateway.security.tls import academy_context, school_broker_context
+from gateway.security.tls import academy_context, missing_academy_cert, school_broker_context
 from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
 from gateway.state.report import parse_presence
@@ -51,9 +51,15 @@ from gateway.web.server import build_app, serve_until_cancelled
 
 log = logging.getLogger(__name__)
 
+# How often the gateway looks for the academy client certificate while it is missing.
+CERTIFICATE_POLL_S = 10.0
 
-def _presence(online: bool, gateway_id: str) -> bytes:
-    return json.dumps({"online": online, "gateway_id": gateway_id}).encode()
+
+def _presence(online: bool, gateway_id: str, store: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"online": online, "gateway_id": gateway_id}
+    if store is not None:
+        body["store"] = store
+    return json.dumps(body).encode()
 
 
 class Gateway:
@@ -108,6 +114,9 @@ class Gateway:
         self._delivery: CommandDelivery | None = None
         self._results: CommandResults | None = None
         self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
+        # When the uplink went down (None while connected), and why it cannot connect.
+        self._uplink_down_since: float | None = time.time()
+        self._uplink_problem: str | None = None
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -120,12 +129,11 @@ class Gateway:
         # Keys and certificates: made at first start, refused if others can read them.
         identity = load_identity(self.config)
         secure = not self.config.school_broker.lab_plain_listener
-        for link, tls in (
-            (self.school_link, school_broker_context(self.config)),
-            (self.academy_link, academy_context(self.config)),
-        ):
-            link.settings = dataclasses.replace(link.settings, tls=tls)
+        self.school_link.settings = dataclasses.replace(
+            self.school_link.settings, tls=school_broker_context(self.config)
+        )
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        outbox.track_peak(db)
         try:
             await write_broker_files(self.config, identity, db)
             if identity.server_reissued and secure:
@@ -201,7 +209,8 @@ class Gateway:
             web_app = build_app(self.status, admin_token, cache, metrics=self.metrics)
             services: dict[str, Coroutine[Any, Any, None]] = {
                 "school-broker": self.school_link.run(),
-                "academy-broker": self.academy_link.run(),
+                "academy-broker": self._run_academy_link(),
+                "uplink-watch": self._watch_uplink(),
                 "state-ingest": self._ingest.run(),
                 "outbox-drain": drain.run(),
                 "cache": cache.run(),
@@ -210,6 +219,7 @@ class Gateway:
                 "command-expiry": delivery.run_expiry(),
                 "command-results": results.run(),
                 "summaries": summaries.run(),
+                "store-health": self._report_store_health(db),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -237,6 +247,33 @@ class Gateway:
             self._db = None
             log.info("gateway stopped")
 
+    async def _run_academy_link(self) -> None:
+        """The academy link, once its client certificate is there (looked for every 10 s).
+
+        Installing the certificate the academy signed needs no restart.
+        """
+        missing = missing_academy_cert(self.config)
+        if missing is not None:
+            log.error("academy uplink not started: %s", missing)
+            self._uplink_problem = missing
+            # A file to look for: no event to wait on.
+            while missing_academy_cert(self.config) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(CERTIFICATE_POLL_S)
+            log.info("academy client certificate found: starting the uplink")
+            self._uplink_problem = None
+        self.academy_link.settings = dataclasses.replace(
+            self.academy_link.settings, tls=academy_context(self.config)
+        )
+        await self.academy_link.run()
+
+    async def _watch_uplink(self) -> None:
+        """Remember since when the academy link is down, for ``status``."""
+        while True:
+            await self.academy_link.connected.wait()
+            self._uplink_down_since = None
+            await self.academy_link.wait_disconnected()
+            self._uplink_down_since = time.time()
+
     async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop_requested.wait()
         notify("STOPPING=1")
@@ -244,6 +281,25 @@ class Gateway:
         await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
         for task in tasks:
             task.cancel()
+
+    async def _report_store_health(self, db: Database) -> None:
+        """Tell the academy when the store stops (and starts again) taking writes.
+
+        The outbox cannot hold this news while the disk is full, so it goes
+        straight onto the retained gateway status topic (docs/protocol.md).
+        """
+        g = self.config.gateway
+        topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
+        while True:
+            await db.health.changed.wait()
+            db.health.changed.clear()
+            store = {"writable": db.health.writable, "error": db.health.error}
+            try:
+                await self.academy_link.publish(
+                    topic, _presence(True, g.gateway_id, store), qos=1, retain=True
+                )
+            except BrokerError as exc:
+                log.info("store health not reported upstream (academy link: %s)", exc)
 
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
@@ -286,6 +342,7 @@ class Gateway:
                 Reading("outbox_oldest_age_seconds", backlog["oldest_age_s"]),
                 Reading("tablets_known", known),
                 Reading("tablets_online", online),
+                Reading("store_writable", float(self._db.health.writable)),
             ]
         health = collect_box_health(self.config.gateway.state_dir)
         return render_metrics(self.counters, gauges, health)
@@ -330,11 +387,21 @@ class Gateway:
                 "school": self.school_link.is_connected,
                 "academy": self.academy_link.is_connected,
             },
+            "uplink": {
+                "down_since": self._uplink_down_since,
+                "down_for_s": (
+                    None
+                    if self._uplink_down_since is None
+                    else round(time.time() - self._uplink_down_since, 1)
+                ),
+                "problem": self._uplink_problem,
+            },
+            "store": self._db.health.as_dict() if self._db else {},
             "tablets": {"known": known, "online": online},
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),
                 "budget_bytes": self.outbox_budget.budget_bytes,
-                "peak_bytes": self.outbox_budget.peak_bytes,
+                "peak_bytes": await outbox.peak_bytes(self._db) if self._db else 0,
             },
             "cache": await self.cache.stats() if self.cache and self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},

@@ -126,6 +126,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_origin_errors", "Failed requests to the origin."),
     _counter("cache_origin_bytes", "Bytes downloaded from the origin."),
     _counter("cache_evictions", "Files evicted from the cache."),
+    _counter("cache_write_errors", "Downloads failed: the disk did not take a chunk (full?)."),
     # Enrollment.
     _counter("enrollments", "Tablets enrolled."),
     _counter("enrollment_rejected", "Enrollment requests rejected.", "reason"),
@@ -135,6 +136,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _gauge("outbox_oldest_age_seconds", "Age of the oldest row waiting in the outbox."),
     _gauge("tablets_known", "Tablets in the shadow."),
     _gauge("tablets_online", "Tablets online now."),
+    _gauge("store_writable", "1 while the state store takes writes, 0 while the disk refuses."),
     _gauge("broker_link_up", "1 while the link to a broker is connected.", "link"),
     _gauge("box_cpu_percent", "CPU use since the previous reading, percent."),
     _gauge("box_load1", "1-minute load average."),

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.config import load_config
+from gateway.config import add_config_argument, load_config
 from gateway.errors import CacheError, GatewayError
 from gateway.metrics import Counters
 from gateway.security.admin_token import read_admin_token
@@ -27,8 +27,8 @@ def register(commands: Any, default_config: Path) -> None:
     actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     imp = actions.add_parser("import", help="import files matching manifest hashes (USB drive)")
     imp.add_argument("dir", type=Path)
-    imp.add_argument("--config", type=Path, default=default_config)
     imp.set_defaults(handler=_cmd_import)
+    add_config_argument(cache, imp)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:

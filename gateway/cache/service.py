@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.cache.budget import parse_windows
 from gateway.cache.download import Download, OriginSettings
-from gateway.cache.eviction import Resident, plan_admission
+from gateway.cache.eviction import Resident, free_space_floor, plan_admission
 from gateway.cache.index import CacheIndex, Entry, tablets_holding
 from gateway.cache.manifest import Manifest, parse_manifest, verify_envelope
 from gateway.cache.pacing import UplinkBudget
@@ -279,7 +279,7 @@ class CacheService:
             used_bytes=used,
             quota_bytes=self.settings.quota_bytes,
             free_bytes=shutil.disk_usage(self.paths.root).free + already,
-            min_free_bytes=self.settings.min_free_bytes,
+            min_free_bytes=self._free_space_floor(),
         )
         if plan.refused is not None:
             self.counters.inc("cache_items_refused")
@@ -355,10 +355,17 @@ class CacheService:
             used_bytes=used,
             quota_bytes=self.settings.quota_bytes,
             free_bytes=shutil.disk_usage(self.paths.root).free,
-            min_free_bytes=self.settings.min_free_bytes,
+            min_free_bytes=self._free_space_floor(),
         )
         if plan.refused is not None:
             raise Refused(plan.refused)
+
+    def _free_space_floor(self) -> int:
+        return free_space_floor(
+            shutil.disk_usage(self.paths.root).total,
+            min_free_bytes=self.settings.min_free_bytes,
+            min_free_percent=self.settings.min_free_percent,
+        )
 
     # -- stats --------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from gateway.errors import RejectedInput
 from gateway.metrics import Counters
 from gateway.relay.outbox import enqueue
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 from gateway.topics import parse_tablet_topic
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,9 @@ class CommandResults:
             batch = await next_batch(self._queue, self._batch_size, self._batch_window_s)
             await self._store(batch)
 
-    async def _store(self, batch: list[Inbound]) -> None:
-        results = [r for r in map(self._parse, batch) if r is not None]
-        now = self._clock()
+    async def _commit(
+        self, results: list[TabletResult], now: float
+    ) -> tuple[list[queue.Transition], list[TabletResult]]:
         async with self._db.transaction() as conn:
             changed, unknown = await queue.apply_results(conn, results, now)
             for t in changed:
@@ -84,6 +85,12 @@ class CommandResults:
                 )
             for progress in await queue.progress_of(conn, {t.command_seq for t in changed}):
                 await enqueue(conn, "result", progress.as_body())
+        return changed, unknown
+
+    async def _store(self, batch: list[Inbound]) -> None:
+        results = [r for r in map(self._parse, batch) if r is not None]
+        now = self._clock()
+        changed, unknown = await retry_while_unavailable(lambda: self._commit(results, now))
         for message in batch:
             self._acknowledge(message)
         self._counters.inc("command_results_received", len(results))

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, load_config
+from gateway.config import Config, add_config_argument, load_config
 from gateway.security import registry
 from gateway.security.broker_files import load_identity
 from gateway.security.enrollment import enrollment_url
@@ -33,7 +33,6 @@ from gateway.store.database import DATABASE_FILE, Database
 def register(commands: Any, default_config: Path) -> None:
     """Add ``enroll`` and its subcommands to the top-level parser's subparsers."""
     enroll = commands.add_parser("enroll", help="enroll, list and revoke tablets")
-    enroll.add_argument("--config", type=Path, default=default_config)
     actions = enroll.add_subparsers(dest="enroll_command", required=True, metavar="ACTION")
 
     new = actions.add_parser("new", help="make a one-time enrollment token")
@@ -48,6 +47,7 @@ def register(commands: Any, default_config: Path) -> None:
     revoke = actions.add_parser("revoke", help="revoke a tablet and close its session")
     revoke.add_argument("device_id")
     revoke.set_defaults(handler=_cmd_revoke)
+    add_config_argument(enroll, new, listing, revoke)
 
 
 def _advertised_host(config: Config) -> str:
