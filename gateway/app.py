@@ -10,6 +10,7 @@ publish offline status on both brokers, cancel the services, close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -102,7 +103,10 @@ class Gateway:
                 keepalive_s=config.academy_broker.keepalive_s,
                 birth=Announcement(status_topic, _presence(True, g.gateway_id)),
                 will=Announcement(status_topic, _presence(False, g.gateway_id)),
-                subscriptions=((topics.academy_commands(g.school_id), 1),),
+                subscriptions=(
+                    (topics.academy_commands(g.school_id), 1),
+                    (topics.academy_manifest(g.school_id), 1),
+                ),
             ),
             self.counters,
             on_message=self._route_academy_message,
@@ -370,6 +374,13 @@ class Gateway:
     async def _route_academy_message(self, message: Inbound) -> None:
         if message.topic == topics.academy_commands(self.config.gateway.school_id) and self._intake:
             await self._intake.accept(message)
+            return
+        if message.topic == topics.academy_manifest(self.config.gateway.school_id) and self.cache:
+            # Applied and stored (committed) before the acknowledgement; a bad one is
+            # counted and logged by the cache, and acknowledged: resending cannot fix it.
+            with contextlib.suppress(RejectedInput):
+                await self.cache.apply_manifest(message.payload)
+            self.academy_link.ack(message)
             return
         self.counters.inc("academy_messages_ignored")
         self.academy_link.ack(message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ def register(commands: Any, default_config: Path) -> None:
 def _cmd_import(args: argparse.Namespace) -> int:
     report = asyncio.run(import_directory(args.config, args.dir.resolve()))
     print(json.dumps(report, indent=2, sort_keys=True))
-    return 0 if not report.get("mismatched") and not report.get("refused") else 1
+    if report.get("note"):
+        print(f"note: {report['note']}", file=sys.stderr)
+    return 1 if report.get("failed") else 0
 
 
 async def import_directory(config_path: Path, folder: Path) -> dict[str, Any]:
