@@ -106,8 +106,10 @@ async def seen_reaches(dsn: str, count: int, within_s: float, workers: list[Acad
     deadline = loop.time() + within_s
     value = 0
     while loop.time() < deadline:
-        crashed = [w.name for w in workers if not w.running]
-        assert not crashed, f"worker(s) {crashed} exited: see {[str(w.log_path) for w in workers]}"
+        crashed = [w for w in workers if not w.running]
+        assert not crashed, "\n".join(
+            f"{w.name} exited; its last lines:\n" + "\n".join(list(w.lines)[-40:]) for w in crashed
+        )
         value = await fetch_value(dsn, "SELECT count(*) FROM upstream_seen") or value
         if value >= count:
             return value

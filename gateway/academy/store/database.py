@@ -26,6 +26,9 @@ Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's protocol left mid-operation by a dropped connection (seen during
+    # pg_ctl restart -m immediate): the connection is thrown away and made again.
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -49,6 +52,8 @@ def is_transient(exc: BaseException | None) -> bool:
     if isinstance(exc, StoreError):
         return is_transient(exc.__cause__)
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    if isinstance(exc, asyncpg.InternalClientError):
         return True
     if isinstance(exc, asyncpg.PostgresConnectionError):
         return True
