@@ -172,4 +172,10 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE tablet_identity ADD COLUMN revoke_confirmed REAL;
     UPDATE tablet_identity SET revoke_confirmed = revoked WHERE revoked IS NOT NULL;
     """,
+    10: """
+    -- Command lifetimes on the box's elapsed time too (gateway.commands.clock):
+    -- commands already stored count as accepted at elapsed time 0.
+    ALTER TABLE commands ADD COLUMN elapsed_deadline REAL NOT NULL DEFAULT 0;
+    UPDATE commands SET elapsed_deadline = max(0, not_after - accepted_at);
+    """,
 }
