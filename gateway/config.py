@@ -30,10 +30,6 @@ def _port(default: int) -> Any:
     return field(default=default, metadata={"min": 0, "max": 65535})
 
 
-def _positive(default: float) -> Any:
-    return field(default=default, metadata={"min": 0})
-
-
 @dataclass(frozen=True)
 class GatewaySection:
     """Who this box is and where it keeps its state."""

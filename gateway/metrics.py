@@ -67,7 +67,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("presence_updates_stored", "Tablet presence (online/offline) updates stored."),
     _counter(
         "tablet_messages_rejected",
-        "Tablet state/status messages rejected (channel unknown: unexpected topic).",
+        "Tablet state and status messages rejected.",
         "channel",
         "reason",
     ),
@@ -129,6 +129,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_hash_mismatches", "Downloads whose hash did not match (discarded)."),
     _counter("cache_origin_errors", "Failed requests to the origin."),
     _counter("cache_origin_bytes", "Bytes downloaded from the origin."),
+    _counter("cache_disk_read_errors", "Cache files that could not be read to serve them."),
     _counter("cache_evictions", "Files evicted from the cache."),
     _counter("cache_write_errors", "Downloads failed: the disk did not take a chunk (full?)."),
     # Enrollment.

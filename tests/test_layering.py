@@ -17,7 +17,7 @@ GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 
 LAYERS: list[set[str]] = [
     {"__init__", "errors"},
-    {"topics", "backoff", "batching", "signed", "config", "metrics"},
+    {"topics", "backoff", "batching", "pacing", "serving", "signed", "config", "metrics"},
     {"store"},
     {"security", "health"},
     {"broker"},

@@ -14,15 +14,8 @@ from gateway.broker import link
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import MosquittoProcess
 from gateway.lab.waiting import wait_until
-from gateway.sim.model import TabletModel
 from gateway.store.database import DATABASE_FILE
-
-
-def good_report(device_id: str, seq: int = 1, battery: int = 80) -> bytes:
-    model = TabletModel.create(device_id, "class-01", seed=seq)
-    model.battery_pct = battery
-    model.seq = seq - 1
-    return json.dumps(model.report(1_764_000_000.0 + seq)).encode()
+from tests.helpers import good_report
 
 
 def relayed_states(listener: AcademyListener) -> list[dict[str, Any]]:
@@ -134,6 +127,7 @@ def intake_bounds(request, monkeypatch):
     monkeypatch.setattr(link, "INTAKE_RESUME_AT", resume_at)
 
 
+@pytest.mark.slow
 class TestBacklogAtStart:
     """What tablets sent while the gateway was down waits at the broker and is all taken."""
 

@@ -20,6 +20,7 @@ from gateway.config import add_config_argument, load_config
 from gateway.errors import CacheError, GatewayError
 from gateway.metrics import Counters
 from gateway.security.admin_token import read_admin_token
+from gateway.signed import load_public_keys
 from gateway.store.database import DATABASE_FILE, Database
 
 
@@ -64,7 +65,12 @@ async def import_directory(config_path: Path, folder: Path) -> dict[str, Any]:
 
     db = await Database.open(config.gateway.state_dir / DATABASE_FILE)
     try:
-        service = CacheService(config, db, Counters())
+        service = CacheService(
+            config,
+            db,
+            Counters(),
+            academy_keys=load_public_keys(config.commands.academy_keys),
+        )
         await service.open()
         result = (await service.import_directory(folder)).as_dict()
     finally:
