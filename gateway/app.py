@@ -27,7 +27,9 @@ from typing import Any
 from gateway import __version__, topics
 from gateway.appliance.discovery import announce_until_cancelled, gateway_properties
 from gateway.appliance.notify import notify, run_watchdog, watchdog_interval
+from gateway.broker.limits import academy_packet_limit, school_packet_limit
 from gateway.broker.link import Announcement, BrokerLink, Inbound, InboundHandler, LinkSettings
+from gateway.cache.manifest import MAX_MANIFEST_BYTES
 from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
@@ -51,7 +53,7 @@ from gateway.security.identity import Identity
 from gateway.security.tls import academy_context, missing_academy_cert, school_broker_context
 from gateway.serving import serve_until_cancelled
 from gateway.signed import load_public_keys
-from gateway.state.ingest import StateIngest
+from gateway.state.ingest import BATCH_SIZE, StateIngest
 from gateway.state.report import Presence
 from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
@@ -156,6 +158,8 @@ class Gateway:
             on_message=self._route_school_message,
             tls=school_broker_context(self.config),
             backoff_cap_s=5.0,
+            receive_max=self.config.school_broker.receive_max,
+            max_packet_size=school_packet_limit(self.config),
         )
         academy_link = self._link(
             "academy",
@@ -168,6 +172,7 @@ class Gateway:
             ),
             on_message=self._route_academy_message,
             tls=academy_context(self.config) if missing_academy_cert(self.config) is None else None,
+            max_packet_size=academy_packet_limit(self.config, MAX_MANIFEST_BYTES),
         )
         return school_link, academy_link
 
@@ -232,6 +237,8 @@ class Gateway:
             max_report_bytes=tablets.max_report_bytes,
             budget=self.outbox_budget,
             on_committed=drain.notify,
+            # A batch never waits for more than the broker may send unacknowledged.
+            batch_size=min(BATCH_SIZE, self.config.school_broker.receive_max // 2),
         )
         cache = CacheService(self.config, db, self.counters, academy_keys=self._academy_keys)
         await cache.open()

@@ -37,21 +37,6 @@ SCHOOL_ID = "demo-school"
 GATEWAY_ID = "gw-demo"
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tablets", type=int, default=20, help="simulated tablets")
-    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between reports")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="keep state here (default: a temp dir)"
-    )
-    parser.add_argument(
-        "--cut-at", type=float, default=None, help="cut the uplink after S seconds (default: 1/3)"
-    )
-    parser.add_argument(
-        "--cut-for", type=float, default=None, help="for S seconds (default: 1/3 of the run)"
-    )
-
-
 def demo_config(
     workdir: Path, school_port: int, academy_port: int, academy_keys: dict[str, str]
 ) -> Config:
