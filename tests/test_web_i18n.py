@@ -18,6 +18,10 @@ CATALOGUES = [
         ROOT / "academy" / "console",
         CatalogueSource(ROOT / "academy" / "console" / "locale", "academy"),
     ),
+    (
+        ROOT / "school_console",
+        CatalogueSource(ROOT / "school_console" / "locale", "school_console"),
+    ),
 ]
 
 
