@@ -76,6 +76,7 @@ class Gateway:
                 port=config.school_broker.port,
                 client_id=f"gateway-{g.gateway_id}",
                 keepalive_s=config.school_broker.keepalive_s,
+                publish_timeout_s=config.school_broker.publish_timeout_s,
                 birth=Announcement(topics.GATEWAY_STATUS, _presence(True, g.gateway_id)),
                 will=Announcement(topics.GATEWAY_STATUS, _presence(False, g.gateway_id)),
                 subscriptions=(
@@ -301,7 +302,9 @@ class Gateway:
             except RejectedInput:
                 pass  # state ingest rejects and counts it
             else:
-                self._delivery.presence(presence.device_id, presence.online)
+                self._delivery.presence(
+                    presence.device_id, presence.online, retained=message.retain
+                )
         if topic is not None and topic.channel in ("state", "status") and self._ingest:
             await self._ingest.accept(message)
             return

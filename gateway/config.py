@@ -48,6 +48,8 @@ class SchoolBrokerSection:
     host: str = "127.0.0.1"
     port: int = _port(1883)
     keepalive_s: int = field(default=30, metadata={"min": 5, "max": 3600})
+    # How long the gateway waits for the broker's PUBACK of a command delivery.
+    publish_timeout_s: float = field(default=10.0, metadata={"min": 0.1, "max": 300})
     # Per-client limits written into the generated Mosquitto config.
     max_inflight_messages: int = field(default=1000, metadata={"min": 1})
     max_queued_messages: int = field(default=100_000, metadata={"min": 100})
