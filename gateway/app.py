@@ -42,6 +42,7 @@ from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
 from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
+from gateway.state.intake_budget import TabletBudget
 from gateway.state.report import parse_presence
 from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
@@ -52,6 +53,8 @@ from gateway.web.server import build_app, serve_until_cancelled
 log = logging.getLogger(__name__)
 
 DATABASE_FILE = "gateway.db"
+YIELD_EVERY = 50  # state messages routed between two turns of the event loop
+MAX_BUDGET_DEVICES = 4_096  # per-tablet budgets kept (least recently seen forgotten first)
 
 
 def _presence(online: bool, gateway_id: str) -> bytes:
@@ -79,15 +82,36 @@ class Gateway:
                 publish_timeout_s=config.school_broker.publish_timeout_s,
                 birth=Announcement(topics.GATEWAY_STATUS, _presence(True, g.gateway_id)),
                 will=Announcement(topics.GATEWAY_STATUS, _presence(False, g.gateway_id)),
+                subscriptions=((topics.TABLET_STATE_FILTER, 1),),
+                backoff_cap_s=5.0,
+            ),
+            self.counters,
+            on_message=self._route_school_message,
+        )
+        # A second session on the school broker for what must not wait behind
+        # state reports: presence and results in, command deliveries and result
+        # confirmations out. The broker queues for each session apart, so a
+        # flood of state reports never fills this one's queue (docs/operations.md).
+        self.command_link = BrokerLink(
+            LinkSettings(
+                name="school_commands",
+                host=config.school_broker.host,
+                port=config.school_broker.port,
+                client_id=f"gateway-{g.gateway_id}-commands",
+                keepalive_s=config.school_broker.keepalive_s,
+                publish_timeout_s=config.school_broker.publish_timeout_s,
                 subscriptions=(
-                    (topics.TABLET_STATE_FILTER, 1),
                     (topics.TABLET_STATUS_FILTER, 1),
                     (topics.TABLET_RESULTS_FILTER, 1),
                 ),
                 backoff_cap_s=5.0,
             ),
             self.counters,
-            on_message=self._route_school_message,
+            on_message=self._route_command_message,
+        )
+        tablets = config.tablets
+        self.tablet_budget = TabletBudget(
+            tablets.max_messages_per_s, tablets.message_burst, max_devices=MAX_BUDGET_DEVICES
         )
         status_topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
         self.academy_link = BrokerLink(
@@ -106,6 +130,8 @@ class Gateway:
         )
         self._academy_keys = load_public_keys(config.commands.academy_keys)
         self._ingest: StateIngest | None = None
+        self._presence_ingest: StateIngest | None = None
+        self._state_messages = 0
         self.cache: CacheService | None = None
         self._intake: CommandIntake | None = None
         self._delivery: CommandDelivery | None = None
@@ -125,6 +151,7 @@ class Gateway:
         secure = not self.config.school_broker.lab_plain_listener
         for link, tls in (
             (self.school_link, school_broker_context(self.config)),
+            (self.command_link, school_broker_context(self.config)),
             (self.academy_link, academy_context(self.config)),
         ):
             link.settings = dataclasses.replace(link.settings, tls=tls)
@@ -154,11 +181,17 @@ class Gateway:
                 budget=self.outbox_budget,
                 on_stored=lambda _reports: drain.notify(),
             )
+            self._presence_ingest = StateIngest(
+                db,
+                self.counters,
+                self.command_link.ack_all,
+                max_report_bytes=tablets.max_report_bytes,
+            )
             self.cache = cache = CacheService(self.config, db, self.counters)
             await cache.open()
             self._delivery = delivery = CommandDelivery(
                 db,
-                self.school_link,
+                self.command_link,
                 self.counters,
                 redeliver_after_s=self.config.commands.redeliver_after_s,
                 retention_s=self.config.commands.retention_s,
@@ -182,7 +215,7 @@ class Gateway:
                 on_committed=drain.notify,
             )
             self._results = results = CommandResults(
-                db, self.counters, self.school_link.ack, on_committed=drain.notify
+                db, self.counters, self.command_link.ack, on_committed=drain.notify
             )
             await intake.load()
             await delivery.load()
@@ -204,8 +237,10 @@ class Gateway:
             web_app = build_app(self.status, admin_token, cache, metrics=self.metrics)
             services: dict[str, Coroutine[Any, Any, None]] = {
                 "school-broker": self.school_link.run(),
+                "school-broker-commands": self.command_link.run(),
                 "academy-broker": self.academy_link.run(),
                 "state-ingest": self._ingest.run(),
+                "presence-ingest": self._presence_ingest.run(),
                 "outbox-drain": drain.run(),
                 "cache": cache.run(),
                 "command-intake": intake.run(),
@@ -244,7 +279,11 @@ class Gateway:
         await self._stop_requested.wait()
         notify("STOPPING=1")
         log.info("shutting down")
-        await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
+        await asyncio.gather(
+            self.school_link.disconnect(),
+            self.command_link.disconnect(),
+            self.academy_link.disconnect(),
+        )
         for task in tasks:
             task.cancel()
 
@@ -289,30 +328,62 @@ class Gateway:
             }
         gauges["academy_link_up"] = float(self.academy_link.is_connected)
         gauges["school_link_up"] = float(self.school_link.is_connected)
+        gauges["school_commands_link_up"] = float(self.command_link.is_connected)
+        gauges["tablets_over_budget"] = float(len(self.tablet_budget.flooders(time.monotonic())))
         health = collect_box_health(self.config.gateway.state_dir)
         return render_metrics(self.counters.snapshot(), gauges, health)
 
+    def _within_budget(self, device_id: str, message: Inbound, link: BrokerLink) -> bool:
+        """The per-tablet budget: over it, the message is dropped here, cheaply."""
+        if self.tablet_budget.allow(device_id, time.monotonic()):
+            return True
+        self.counters.inc("tablet_messages_over_budget")
+        link.ack(message)
+        return False
+
     async def _route_school_message(self, message: Inbound) -> None:
+        """The state session: tablets' state reports only."""
+        self._state_messages += 1
+        if self._state_messages % YIELD_EVERY == 0:
+            # A flood is read without ever waiting; let other tasks (commands,
+            # presence, results) run between bursts.
+            await asyncio.sleep(0)
         topic = topics.parse_tablet_topic(message.topic)
-        if topic is not None and topic.channel == "status" and self._delivery and message.payload:
-            # Presence also drives command delivery, as it arrives (the shadow
-            # stores it too, through state ingest below).
-            try:
-                presence = parse_presence(topic.device_id, message.payload)
-            except RejectedInput:
-                pass  # state ingest rejects and counts it
-            else:
-                self._delivery.presence(
-                    presence.device_id, presence.online, retained=message.retain
-                )
-        if topic is not None and topic.channel in ("state", "status") and self._ingest:
-            await self._ingest.accept(message)
+        if topic is not None and topic.channel == "state" and self._ingest:
+            if self._within_budget(topic.device_id, message, self.school_link):
+                await self._ingest.accept(message)
             return
-        if topic is not None and topic.channel == "results" and self._results:
-            await self._results.accept(message)
-            return
+        # Presence and results come on the command session; a copy here comes
+        # from a subscription an older version left in this persistent session.
         self.counters.inc("school_messages_ignored")
         self.school_link.ack(message)
+
+    async def _route_command_message(self, message: Inbound) -> None:
+        """The command session: presence and results, never queued behind state reports."""
+        topic = topics.parse_tablet_topic(message.topic)
+        link = self.command_link
+        if topic is not None and topic.channel in ("status", "results"):
+            if not self._within_budget(topic.device_id, message, link):
+                return
+            if topic.channel == "results" and self._results:
+                await self._results.accept(message)
+                return
+            if topic.channel == "status" and self._presence_ingest and self._delivery:
+                if message.payload:
+                    # Presence drives command delivery as it arrives; the shadow
+                    # stores it too, through the presence ingest.
+                    try:
+                        presence = parse_presence(topic.device_id, message.payload)
+                    except RejectedInput:
+                        pass  # the presence ingest rejects and counts it
+                    else:
+                        self._delivery.presence(
+                            presence.device_id, presence.online, retained=message.retain
+                        )
+                await self._presence_ingest.accept(message)
+                return
+        self.counters.inc("school_messages_ignored")
+        link.ack(message)
 
     async def _route_academy_message(self, message: Inbound) -> None:
         if message.topic == topics.academy_commands(self.config.gateway.school_id) and self._intake:
@@ -331,9 +402,13 @@ class Gateway:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "brokers": {
-                "school": self.school_link.is_connected,
+                # Both sessions on the school broker (state; presence and commands).
+                "school": self.school_link.is_connected and self.command_link.is_connected,
                 "academy": self.academy_link.is_connected,
             },
+            "flooding_tablets": [
+                dataclasses.asdict(f) for f in self.tablet_budget.flooders(time.monotonic())
+            ],
             "tablets": {"known": known, "online": online},
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),
