@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import topics
 from gateway.broker.mosquitto_config import render_mosquitto_config
-from gateway.commands.lab import AcademySigner, academy_view
 from gateway.config import config_from_mapping
 from gateway.lab.academy import AcademyListener
+from gateway.lab.commands import AcademySigner, academy_view
 from gateway.lab.gateway_process import GatewayProcess
 from gateway.lab.mosquitto import (
     STAND_IN_ACADEMY_CONFIG,

@@ -36,7 +36,7 @@ from gateway.metrics import Counters
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
 from gateway.relay.outbox import OutboxBudget
-from gateway.relay.summaries import SummaryMaker
+from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.tls import academy_context, school_broker_context
@@ -46,13 +46,12 @@ from gateway.state.intake_budget import TabletBudget
 from gateway.state.report import parse_presence
 from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
-from gateway.store.database import Database
-from gateway.web.admin_token import load_or_create_admin_token
+from gateway.state.summary_maker import SummaryMaker
+from gateway.store.database import DATABASE_FILE, Database
 from gateway.web.server import build_app, serve_until_cancelled
 
 log = logging.getLogger(__name__)
 
-DATABASE_FILE = "gateway.db"
 YIELD_EVERY = 50  # state messages routed between two turns of the event loop
 MAX_BUDGET_DEVICES = 4_096  # per-tablet budgets kept (least recently seen forgotten first)
 

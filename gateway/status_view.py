@@ -7,13 +7,12 @@ from typing import Any
 
 import aiohttp
 
-from gateway.app import DATABASE_FILE
 from gateway.commands.queue import status_view as command_status
 from gateway.config import load_config
 from gateway.errors import GatewayError
+from gateway.security.admin_token import read_admin_token
 from gateway.state.shadow import tablet_counts
-from gateway.store.database import Database
-from gateway.web.admin_token import read_admin_token
+from gateway.store.database import DATABASE_FILE, Database
 
 
 async def fetch_status(config_path: Path) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.academy.signing import build_payload, parse_ttl
 from gateway.commands.envelope import VerifyPolicy, open_envelope
-from gateway.commands.lab import AcademySigner
 from gateway.commands.progress import Progress, parse_result, state_after_result
 from gateway.errors import ConfigError, RejectedInput
+from gateway.lab.commands import AcademySigner
 from gateway.signed import load_public_keys, sign_envelope
 
 NOW = 1_764_000_000.0

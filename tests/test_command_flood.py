@@ -15,7 +15,7 @@ import sys
 import aiohttp
 import pytest
 
-from gateway.commands.lab import AcademySigner, results_for
+from gateway.lab.commands import AcademySigner, results_for
 from gateway.lab.waiting import wait_until
 from tests.test_commands_flow import SCHOOL, keys, online_fleet, send
 
@@ -82,7 +82,11 @@ class TestFloodingTablet:
 
                 answered = await wait_until(every_tablet_answered, 60, step_s=0.2)
                 if not answered:
-                    print("DEBUG", {c: len(applier.answered(c)) for c in sent}, (await gateway.status())["counters"])
+                    print(
+                        "DEBUG",
+                        {c: len(applier.answered(c)) for c in sent},
+                        (await gateway.status())["counters"],
+                    )
                 assert answered, (
                     {c: len(applier.answered(c)) for c in sent},
                     (await gateway.status())["counters"],
@@ -91,9 +95,7 @@ class TestFloodingTablet:
                     lambda: all(len(results_for(academy_listener, c)) == TABLETS for c in sent),
                     60,
                 ), {c: len(results_for(academy_listener, c)) for c in sent}
-                assert all(
-                    set(results_for(academy_listener, c).values()) == {"done"} for c in sent
-                )
+                assert all(set(results_for(academy_listener, c).values()) == {"done"} for c in sent)
 
                 # The flooder is counted and shown while it floods.
                 status = await gateway.status()

@@ -18,7 +18,7 @@ import random
 import aiomqtt
 import pytest
 
-from gateway.commands.lab import AcademySigner, latest_progress, results_for, upstream
+from gateway.lab.commands import AcademySigner, latest_progress, results_for, upstream
 from gateway.lab.gateway_process import GatewayProcess
 from gateway.lab.mosquitto import free_port
 from gateway.lab.waiting import wait_until

@@ -14,7 +14,7 @@ import random
 import aiomqtt
 import pytest
 
-from gateway.commands.lab import AcademySigner, latest_progress, results_for, upstream
+from gateway.lab.commands import AcademySigner, latest_progress, results_for, upstream
 from gateway.lab.waiting import wait_until
 from gateway.sim.commands import SimulatedCommands
 from gateway.sim.fleet import Fleet, FleetSettings

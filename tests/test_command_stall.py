@@ -15,7 +15,7 @@ import logging
 import aiomqtt
 
 from gateway import topics
-from gateway.commands.lab import AcademySigner
+from gateway.lab.commands import AcademySigner
 from gateway.lab.waiting import wait_until
 from tests.test_commands_flow import SCHOOL, keys, online_fleet, send
 

@@ -11,7 +11,7 @@ import time
 import aiomqtt
 import pytest
 
-from gateway.commands.lab import (
+from gateway.lab.commands import (
     AcademySigner,
     latest_progress,
     rejections,

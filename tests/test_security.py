@@ -9,10 +9,11 @@ import stat
 import pytest
 
 from gateway.app import Gateway
-from gateway.broker.mosquitto_config import render_acl, render_mosquitto_config
+from gateway.broker.mosquitto_config import render_mosquitto_config
 from gateway.config import config_from_mapping
 from gateway.errors import ConfigError, RejectedInput, SecurityError
 from gateway.security import pki
+from gateway.security.broker_files import render_acl
 from gateway.security.enrollment import (
     TokenRecord,
     check_device_id,

@@ -10,12 +10,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.app import DATABASE_FILE
 from gateway.broker import link
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import MosquittoProcess
 from gateway.lab.waiting import wait_until
 from gateway.sim.model import TabletModel
+from gateway.store.database import DATABASE_FILE
 
 
 def good_report(device_id: str, seq: int = 1, battery: int = 80) -> bytes:

@@ -18,10 +18,8 @@ import aiohttp
 from gateway.config import load_config
 from gateway.errors import CacheError, GatewayError
 from gateway.metrics import Counters
-from gateway.store.database import Database
-from gateway.web.admin_token import read_admin_token
-
-DATABASE_FILE = "gateway.db"  # same file as gateway.app.DATABASE_FILE
+from gateway.security.admin_token import read_admin_token
+from gateway.store.database import DATABASE_FILE, Database
 
 
 def register(commands: Any, default_config: Path) -> None:

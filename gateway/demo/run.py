@@ -18,11 +18,11 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
-from gateway.commands.lab import AcademySigner
 from gateway.config import Config, config_from_mapping
 from gateway.demo.scenes import CacheScene, CommandScene, cut_uplink
 from gateway.demo.view import DemoView
 from gateway.lab.academy import AcademyListener
+from gateway.lab.commands import AcademySigner
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 from gateway.lab.proxy import LinkProxy
 from gateway.lab.waiting import wait_until

@@ -14,7 +14,7 @@ import aiomqtt
 from gateway import topics
 from gateway.app import Gateway
 from gateway.cache.manifest import sign_manifest
-from gateway.commands.lab import AcademySigner
+from gateway.lab.commands import AcademySigner
 from gateway.lab.origin import Origin
 from gateway.lab.proxy import LinkProxy
 from gateway.lab.waiting import wait_until

@@ -7,9 +7,9 @@ import time
 from typing import Any, TextIO
 
 from gateway.app import Gateway
-from gateway.commands.lab import academy_view
 from gateway.demo.scenes import CACHE_FETCHERS, CACHE_ITEM_BYTES, CacheScene, CommandScene
 from gateway.lab.academy import AcademyListener
+from gateway.lab.commands import academy_view
 from gateway.lab.proxy import LinkProxy
 from gateway.relay.wire import decode_payload
 from gateway.sim.fleet import Fleet

@@ -25,7 +25,7 @@ import psutil
 import gateway
 from gateway.errors import GatewayError
 from gateway.lab.config_file import write_config_file
-from gateway.web.admin_token import read_admin_token
+from gateway.security.admin_token import read_admin_token
 
 SOURCE_ROOT = Path(gateway.__file__).resolve().parents[1]
 MAX_LINES = 50_000

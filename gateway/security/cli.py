@@ -27,9 +27,7 @@ from gateway.security.broker_files import load_identity
 from gateway.security.enrollment import enrollment_url
 from gateway.security.identity import lan_addresses
 from gateway.security.revocation import revoke_tablet
-from gateway.store.database import Database
-
-DATABASE_FILE = "gateway.db"
+from gateway.store.database import DATABASE_FILE, Database
 
 
 def register(commands: Any, default_config: Path) -> None:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 Params = tuple[Any, ...] | Mapping[str, Any]
 
+# The store's file name in the state directory (the daemon, the CLIs and the lab share it).
+DATABASE_FILE = "gateway.db"
+
 
 class Database:
     """The gateway's SQLite file. Use :meth:`open` and :meth:`close`."""
