@@ -24,6 +24,7 @@ from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
+from gateway.commands.confirmations import ResultConfirmations
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
@@ -52,7 +53,7 @@ from gateway.web.server import build_app, serve_until_cancelled
 
 log = logging.getLogger(__name__)
 
-YIELD_EVERY = 50  # state messages routed between two turns of the event loop
+YIELD_EVERY = 10  # state messages routed between two turns of the event loop
 MAX_BUDGET_DEVICES = 4_096  # per-tablet budgets kept (least recently seen forgotten first)
 
 
@@ -213,8 +214,13 @@ class Gateway:
                 on_accepted=delivery.command_accepted,
                 on_committed=drain.notify,
             )
+            confirmations = ResultConfirmations(self.command_link, self.counters)
             self._results = results = CommandResults(
-                db, self.counters, self.command_link.ack, on_committed=drain.notify
+                db,
+                self.counters,
+                self.command_link.ack,
+                on_committed=drain.notify,
+                on_confirm=confirmations.confirm,
             )
             await intake.load()
             await delivery.load()
@@ -246,6 +252,7 @@ class Gateway:
                 "command-delivery": delivery.run_publisher(),
                 "command-expiry": delivery.run_expiry(),
                 "command-results": results.run(),
+                "result-confirmations": confirmations.run(),
                 "summaries": summaries.run(),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
