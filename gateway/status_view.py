@@ -86,6 +86,11 @@ def render_status(status: dict[str, Any]) -> str:
     if "tablets" in status:
         t = status["tablets"]
         lines.append(f"tablets: {t['known']} known, {t['online']} online")
+    for f in status.get("flooding_tablets", []):
+        lines.append(
+            f"  FLOODING: {f['device_id']} over its message budget, {f['dropped']} messages "
+            f"dropped (last {f['last_drop_age_s']:.0f} s ago)"
+        )
     if "commands" in status:
         lines.extend(_command_lines(status["commands"]))
     for section in ("outbox", "health"):

@@ -18,6 +18,7 @@ import pytest
 from gateway.lab.commands import AcademySigner, results_for
 from gateway.lab.waiting import wait_until
 from gateway.state.intake_budget import TabletBudget
+from gateway.status_view import render_status
 from tests.test_commands_flow import SCHOOL, keys, online_fleet, send
 
 TABLETS = 100
@@ -98,6 +99,9 @@ class TestFloodingTablet:
             status = await gateway.status()
             assert status["counters"]["tablet_messages_over_budget"] > 0
             assert [f["device_id"] for f in status["flooding_tablets"]] == [FLOODER]
+            assert f"FLOODING: {FLOODER} over its message budget" in render_status(
+                {**status, "running": True}
+            )
             http = gateway.config.http
             async with (
                 aiohttp.ClientSession() as session,
