@@ -30,10 +30,10 @@ from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import CommandIntake
 from gateway.commands.results import CommandResults
 from gateway.config import Config
-from gateway.errors import GatewayError, RejectedInput
+from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
-from gateway.metrics import Counters
+from gateway.metrics import Counters, Reading
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
 from gateway.relay.outbox import OutboxBudget
@@ -57,8 +57,11 @@ YIELD_EVERY = 10  # state messages routed between two turns of the event loop
 MAX_BUDGET_DEVICES = 4_096  # per-tablet budgets kept (least recently seen forgotten first)
 
 
-def _presence(online: bool, gateway_id: str) -> bytes:
-    return json.dumps({"online": online, "gateway_id": gateway_id}).encode()
+def _presence(online: bool, gateway_id: str, store: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"online": online, "gateway_id": gateway_id}
+    if store is not None:
+        body["store"] = store
+    return json.dumps(body).encode()
 
 
 class Gateway:
@@ -156,6 +159,7 @@ class Gateway:
         ):
             link.settings = dataclasses.replace(link.settings, tls=tls)
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        outbox.track_peak(db)
         try:
             await write_broker_files(self.config, identity, db)
             if identity.server_reissued and secure:
@@ -254,6 +258,7 @@ class Gateway:
                 "command-results": results.run(),
                 "result-confirmations": confirmations.run(),
                 "summaries": summaries.run(),
+                "store-health": self._report_store_health(db),
                 "http": serve_until_cancelled(
                     web_app, self.config.http.host, self.config.http.port, http_started
                 ),
@@ -293,6 +298,25 @@ class Gateway:
         for task in tasks:
             task.cancel()
 
+    async def _report_store_health(self, db: Database) -> None:
+        """Tell the academy when the store stops (and starts again) taking writes.
+
+        The outbox cannot hold this news while the disk is full, so it goes
+        straight onto the retained gateway status topic (docs/protocol.md).
+        """
+        g = self.config.gateway
+        topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
+        while True:
+            await db.health.changed.wait()
+            db.health.changed.clear()
+            store = {"writable": db.health.writable, "error": db.health.error}
+            try:
+                await self.academy_link.publish(
+                    topic, _presence(True, g.gateway_id, store), qos=1, retain=True
+                )
+            except BrokerError as exc:
+                log.info("store health not reported upstream (academy link: %s)", exc)
+
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
         if self.cache is None:
@@ -321,23 +345,26 @@ class Gateway:
 
     async def metrics(self) -> tuple[bytes, str]:
         """``/metrics``: counters, backlog and tablet gauges, box health (Prometheus text)."""
-        gauges: dict[str, float] = {}
+        gauges = [
+            Reading("broker_link_up", float(link.is_connected), {"link": link.settings.name})
+            for link in (self.school_link, self.command_link, self.academy_link)
+        ]
+        gauges.append(
+            Reading("tablets_over_budget", len(self.tablet_budget.flooders(time.monotonic())))
+        )
         if self._db is not None:
             backlog = await outbox.backlog(self._db)
             known, online = await tablet_counts(self._db)
-            gauges = {
-                "outbox_rows": backlog["rows"],
-                "outbox_bytes": backlog["bytes"],
-                "outbox_oldest_age_seconds": backlog["oldest_age_s"],
-                "tablets_known": known,
-                "tablets_online": online,
-            }
-        gauges["academy_link_up"] = float(self.academy_link.is_connected)
-        gauges["school_link_up"] = float(self.school_link.is_connected)
-        gauges["school_commands_link_up"] = float(self.command_link.is_connected)
-        gauges["tablets_over_budget"] = float(len(self.tablet_budget.flooders(time.monotonic())))
+            gauges += [
+                Reading("outbox_rows", backlog["rows"]),
+                Reading("outbox_bytes", backlog["bytes"]),
+                Reading("outbox_oldest_age_seconds", backlog["oldest_age_s"]),
+                Reading("tablets_known", known),
+                Reading("tablets_online", online),
+                Reading("store_writable", float(self._db.health.writable)),
+            ]
         health = collect_box_health(self.config.gateway.state_dir)
-        return render_metrics(self.counters.snapshot(), gauges, health)
+        return render_metrics(self.counters, gauges, health)
 
     def _within_budget(self, device_id: str, message: Inbound, link: BrokerLink) -> bool:
         """The per-tablet budget: over it, the message is dropped here, cheaply."""
@@ -415,11 +442,12 @@ class Gateway:
             "flooding_tablets": [
                 dataclasses.asdict(f) for f in self.tablet_budget.flooders(time.monotonic())
             ],
+            "store": self._db.health.as_dict() if self._db else {},
             "tablets": {"known": known, "online": online},
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),
                 "budget_bytes": self.outbox_budget.budget_bytes,
-                "peak_bytes": self.outbox_budget.peak_bytes,
+                "peak_bytes": await outbox.peak_bytes(self._db) if self._db else 0,
             },
             "cache": await self.cache.stats() if self.cache and self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},

@@ -3,6 +3,7 @@
 GatewayError
 ├── ConfigError      the config file is missing, malformed or names a bad key/value
 ├── StoreError       SQLite failed (disk full, corrupt file, migration error)
+│   └── StoreUnavailable  the disk refuses writes now (full, I/O error): retry later
 ├── BrokerError      an MQTT broker is unreachable or refused us
 ├── UplinkError      the academy link or the origin cannot be used right now
 ├── SecurityError    keys, certificates or enrollment tokens are unusable
@@ -26,6 +27,10 @@ class ConfigError(GatewayError):
 
 class StoreError(GatewayError):
     """The SQLite store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot write right now (disk full, I/O error); the same write may work later."""
 
 
 class BrokerError(GatewayError):

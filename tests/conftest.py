@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
@@ -22,6 +23,15 @@ from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 from gateway.security.broker_files import load_identity, prepare_broker_files
 from gateway.store.database import Database
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Chromium per test module (tests/browser.py says how to use it)."""
+    from tests.browser import chromium
+
+    async with chromium() as launched:
+        yield launched
 
 
 def lab_tables(

@@ -373,8 +373,8 @@ class TestManifestAndPrefetch:
             await lab.service.apply_manifest(json.dumps(forged).encode())
         with pytest.raises(RejectedInput):
             await lab.service.apply_manifest(lab.envelope([], serial=0))
-        assert lab.counters.get("cache_manifest_rejected_bad_signature") == 1
-        assert lab.counters.get("cache_manifest_rejected_stale") == 1
+        assert lab.counters.get("cache_manifest_rejected", reason="bad_signature") == 1
+        assert lab.counters.get("cache_manifest_rejected", reason="stale") == 1
         assert all(lab.service.lookup(i["sha256"]).pinned for i in items)
 
     async def test_manifest_fetched_from_url_survives_restart(self, lab, tmp_path):

@@ -206,7 +206,7 @@ class TestRejections:
             assert await wait_until(lambda: len(applier.answered(good_id)) == 2, 15)
             assert all(m.message == "Bonjour" for m in applier.memory.values())
             for reason, _ in bad:
-                assert gateway.counters.get(f"command_envelopes_rejected_{reason}") >= 1
+                assert gateway.counters.get("command_envelopes_rejected", reason=reason) >= 1
             assert gateway.counters.get("command_envelopes_rejected") == len(bad)
             assert gateway.counters.get("commands_accepted") == 2
             assert "rejected command envelope" in caplog.text

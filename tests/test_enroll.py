@@ -70,7 +70,7 @@ class TestEnrollmentTokens:
         assert answer["detail"] == "this enrollment token was already used"
         counters = running.gateway.counters
         assert counters.get("enrollments") == 1
-        assert counters.get("enrollment_rejected_token_used") == 1
+        assert counters.get("enrollment_rejected", reason="token_used") == 1
 
     async def test_expired_unknown_and_malformed_are_refused(self, start_secure_gateway):
         running = await start_secure_gateway()

@@ -91,7 +91,7 @@ class TestDrainAfterOutage:
         await enqueue_results(tmp_path / "state" / "gateway.db", [f"cmd-{i}" for i in range(30)])
         await publish_reports(school_broker, [(d, s) for s in (1, 2, 3) for d in devices])
         assert await wait_until(lambda: gateway.counters.get("state_reports_stored") == 120, 15)
-        assert await wait_until(lambda: gateway.counters.get("outbox_shed_state") == 0, 1)
+        assert await wait_until(lambda: gateway.counters.get("outbox_shed", kind="state") == 0, 1)
         made = gateway.counters.get("summaries_made")
         assert await wait_until(lambda: gateway.counters.get("summaries_made") > made, 5)
         status = await gateway.status()
@@ -123,7 +123,9 @@ class TestDrainAfterOutage:
         assert summary["tablets"]["known"] == 40
         assert set(summary["box"]) >= {"cpu_percent", "memory_available_bytes", "disk_free_bytes"}
         assert summary["cache"]["items_pinned"] == 0  # the cache's section rides along
-        assert await wait_until(lambda: gateway.counters.get("upstream_result_sent") == 30, 5)
+        assert await wait_until(
+            lambda: gateway.counters.get("upstream_messages_sent", kind="result") == 30, 5
+        )
 
 
 class TestDecodeCommand:

@@ -213,7 +213,7 @@ class TestUplinkCutAtRandom:
             assert proxy.cuts == 8
             assert (
                 gateway.counters.get("upstream_batches_failed")
-                + gateway.counters.get("broker_academy_connection_errors")
+                + gateway.counters.get("broker_connection_errors", link="academy")
                 >= 1
             )
             await running.stop()

@@ -108,7 +108,7 @@ class TestAcademyMutualTls:
         )
         gateway = running.gateway
         assert await wait_until(lambda: gateway.academy_link.is_connected, 10)
-        assert gateway.counters.get("broker_academy_tls_refused") == 0
+        assert gateway.counters.get("broker_tls_refused", link="academy") == 0
 
     @pytest.mark.usefixtures("secure_school")
     async def test_refuses_an_academy_certificate_from_another_ca_and_keeps_trying(
@@ -120,7 +120,7 @@ class TestAcademyMutualTls:
             {"academy_broker": {"port": broker.port, "ca_file": str(tmp_path / "academy-ca.crt")}}
         )
         counters = running.gateway.counters
-        assert await wait_until(lambda: counters.get("broker_academy_tls_refused") >= 2, 15)
+        assert await wait_until(lambda: counters.get("broker_tls_refused", link="academy") >= 2, 15)
         assert not running.gateway.academy_link.is_connected
         assert "academy broker refused: its certificate is not trusted" in caplog.text
         assert running.gateway.school_link.is_connected

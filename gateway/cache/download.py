@@ -14,6 +14,13 @@ answers 200 instead of 206 has the bytes we already hold skipped. A partial
 file left by a previous run is re-hashed and resumed the same way. After
 ``give_up_s`` without progress the download fails with UplinkError; the
 partial file stays for the next attempt.
+
+A write is never trusted for its length: a short write or an error (ENOSPC
+on a full disk, EIO on a dying card) truncates the partial file back to the
+bytes already hashed and fails the download with :class:`WriteFailed`
+(``cache_write_errors``); the next attempt resumes from there. Before the
+item is promoted, the file is synced and hashed again *from the disk*, so
+what the index calls complete is what the disk holds.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 class CorruptItem(CacheError):
     """The downloaded bytes do not hash to the item's SHA-256 (or overran its size)."""
+
+
+class WriteFailed(CacheError):
+    """The cache's disk did not take a chunk (full, or failing): a failed download."""
 
 
 @dataclass(frozen=True)
@@ -148,9 +159,20 @@ class Download:
                 raise CorruptItem(
                     f"item {self.sha256} hashed to {hasher.hexdigest()}: discarded, never served"
                 )
+            await asyncio.to_thread(os.fsync, fd)
+            on_disk = hashlib.sha256()
+            await asyncio.to_thread(_hash_prefix, fd, self.size, on_disk)
+            if on_disk.hexdigest() != self.sha256:
+                self._counters.inc("cache_hash_mismatches")
+                os.close(fd)
+                fd = -1
+                self.path.unlink(missing_ok=True)
+                raise CorruptItem(
+                    f"item {self.sha256} verified in memory but the disk holds other bytes "
+                    f"({on_disk.hexdigest()}): discarded, never served"
+                )
             self.verified = True
             self._notify()
-            await asyncio.to_thread(os.fsync, fd)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -217,7 +239,7 @@ class Download:
                         f"origin sent more than the {self.size} bytes of {self.sha256}"
                     )
                 await self._budget.take(n, on_demand=self.on_demand)
-                os.pwrite(fd, chunk, self.received)
+                self._write(fd, chunk)
                 hasher.update(chunk)
                 self.received += n
                 self._counters.inc("cache_origin_bytes", n)
@@ -226,6 +248,25 @@ class Download:
                 crossed = self.received // NOTIFY_STEP != (self.received - n) // NOTIFY_STEP
                 if first or crossed or self.received >= self.size - 1:
                     self._notify()
+
+    def _write(self, fd: int, chunk: bytes) -> None:
+        """Write ``chunk`` at ``received`` entirely, or cut the file back and fail."""
+        try:
+            written = os.pwrite(fd, chunk, self.received)
+            reason = f"disk took {written} of {len(chunk)} bytes (full?)"
+        except OSError as exc:
+            written, reason = -1, exc.strerror or str(exc)
+        if written == len(chunk):
+            return
+        self._counters.inc("cache_write_errors")
+        try:
+            os.ftruncate(fd, self.received)  # keep only bytes already hashed
+        except OSError:
+            self.path.unlink(missing_ok=True)
+        raise WriteFailed(
+            f"cannot write {self.sha256} at byte {self.received}: {reason}; "
+            f"download failed, {self.received} bytes kept for the next attempt"
+        )
 
 
 GatewayErrorLike = CacheError | UplinkError

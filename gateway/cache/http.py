@@ -61,7 +61,7 @@ async def serve_content(request: web.Request) -> web.StreamResponse:
     try:
         sha = rules.parse_sha256(request.match_info["sha256"])
     except RejectedInput as exc:
-        counters.inc("cache_requests_rejected_bad_hash")
+        counters.inc("cache_requests_rejected", reason="bad_hash")
         return _error(400, exc.reason, exc.detail)
     entry = service.lookup(sha)
     if entry is None:
@@ -77,10 +77,10 @@ async def serve_content(request: web.Request) -> web.StreamResponse:
     try:
         byte_range = rules.parse_range(range_header, entry.size)
     except RejectedInput as exc:
-        counters.inc("cache_requests_rejected_bad_range")
+        counters.inc("cache_requests_rejected", reason="bad_range")
         return _error(400, exc.reason, exc.detail)
     except rules.RangeNotSatisfiable as exc:
-        counters.inc("cache_requests_rejected_bad_range")
+        counters.inc("cache_requests_rejected", reason="bad_range")
         return _error(
             416,
             "range_not_satisfiable",

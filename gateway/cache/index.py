@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from gateway.cache.manifest import ManifestItem
+from gateway.errors import StoreUnavailable
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,13 @@ class CacheIndex:
     async def flush_access(self) -> None:
         pending, self._accessed = self._accessed, {}
         if pending:
-            await self._db.executemany(
-                "UPDATE cache_items SET last_access = ? WHERE sha256 = ?",
-                [(stamp, sha) for sha, stamp in pending.items()],
-            )
+            try:
+                await self._db.executemany(
+                    "UPDATE cache_items SET last_access = ? WHERE sha256 = ?",
+                    [(stamp, sha) for sha, stamp in pending.items()],
+                )
+            except StoreUnavailable:  # the disk is full: keep them for the next flush
+                self._accessed = {**pending, **self._accessed}
 
     async def apply_manifest(self, items: Iterable[ManifestItem]) -> tuple[int, int]:
         """Pin exactly ``items``; unpin the rest, forgetting those not on disk.
@@ -133,8 +138,10 @@ class CacheIndex:
         entry = self._entries.get(sha256)
         if entry is None:
             return
-        await self._db.execute(
-            "UPDATE cache_items SET complete = ? WHERE sha256 = ?", (int(complete), sha256)
+        await retry_while_unavailable(
+            lambda: self._db.execute(
+                "UPDATE cache_items SET complete = ? WHERE sha256 = ?", (int(complete), sha256)
+            )
         )
         self._entries[sha256] = replace(entry, complete=complete)
 
@@ -145,7 +152,11 @@ class CacheIndex:
 
     async def remove(self, sha256s: Iterable[str]) -> None:
         gone = list(sha256s)
-        await self._db.executemany("DELETE FROM cache_items WHERE sha256 = ?", [(s,) for s in gone])
+        await retry_while_unavailable(
+            lambda: self._db.executemany(
+                "DELETE FROM cache_items WHERE sha256 = ?", [(s,) for s in gone]
+            )
+        )
         for sha in gone:
             self.forget_now(sha)
 

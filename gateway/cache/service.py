@@ -160,7 +160,7 @@ class CacheService:
                     "stale", f"serial {manifest.serial} is older than {self.manifest.serial}"
                 )
         except RejectedInput as exc:
-            self.counters.inc(f"cache_manifest_rejected_{exc.reason}")
+            self.counters.inc("cache_manifest_rejected", reason=exc.reason)
             log.warning("rejected cache manifest: %s", exc)
             raise
         pinned, forgotten = await self.index.apply_manifest(manifest.items)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,6 +45,7 @@ from gateway.errors import BrokerError
 from gateway.metrics import Counters
 from gateway.relay.outbox import enqueue
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +179,15 @@ class CommandDelivery:
                     for d in chunk
                 )
             )
-            await queue.mark_sent(self._db, [(d.device_id, d.command_seq) for d in chunk], now)
+            sent = [(d.device_id, d.command_seq) for d in chunk]
+            await retry_while_unavailable(functools.partial(queue.mark_sent, self._db, sent, now))
             self._counters.inc("command_deliveries_published", len(chunk))
         log.debug("published %d command deliveries", len(todo))
 
     async def run_expiry(self) -> None:
         while True:
             now = self._clock()
-            await self._expire_and_prune(now)
+            await retry_while_unavailable(functools.partial(self._expire_and_prune, now))
             stale = await queue.stale_sent_devices(self._db, now - self._redeliver_after_s)
             online_stale = [d for d in stale if self._online.get(d)]
             if online_stale:

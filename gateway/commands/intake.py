@@ -38,6 +38,7 @@ from gateway.errors import RejectedInput
 from gateway.metrics import Counters
 from gateway.relay.outbox import enqueue
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -120,22 +121,30 @@ class CommandIntake:
         except RejectedInput as exc:
             await self._reject(message, exc, now)
             return
-        async with self._db.transaction() as conn:
-            unfinished = await queue.unfinished_commands(conn)
-            if unfinished >= self._max_unfinished:
-                devices: list[str] | None = None
-                await enqueue(conn, "rejection", self._rejection(message, _full(unfinished), now))
-            else:
-                devices = await queue.resolve_targets(conn, command.targets)
-                seq = await queue.insert_command(conn, command, devices, now)
-                for progress in await queue.progress_of(conn, [seq]):
-                    await enqueue(conn, "result", progress.as_body())
+        unfinished, devices = await retry_while_unavailable(
+            lambda: self._commit(message, command, now)
+        )
         self._acknowledge(message)
         self._on_committed()
         if devices is None:
             self._count_rejection(_full(unfinished), command.command_id)
             return
         self._accepted(command, devices)
+
+    async def _commit(
+        self, message: Inbound, command: Command, now: float
+    ) -> tuple[int, list[str] | None]:
+        """Store the command and its deliveries, or its queue_full rejection."""
+        async with self._db.transaction() as conn:
+            unfinished = await queue.unfinished_commands(conn)
+            if unfinished >= self._max_unfinished:
+                await enqueue(conn, "rejection", self._rejection(message, _full(unfinished), now))
+                return unfinished, None
+            devices = await queue.resolve_targets(conn, command.targets)
+            seq = await queue.insert_command(conn, command, devices, now)
+            for progress in await queue.progress_of(conn, [seq]):
+                await enqueue(conn, "result", progress.as_body())
+        return unfinished, devices
 
     def _accepted(self, command: Command, devices: list[str]) -> None:
         self._seen[command.command_id] = command.payload_sha256
@@ -170,15 +179,18 @@ class CommandIntake:
                     exc.reason,
                     f"{exc.detail}; identical envelope (a redelivery), not executed again",
                 )
-        async with self._db.transaction() as conn:
-            await enqueue(conn, "rejection", self._rejection(message, exc, now))
+        body = self._rejection(message, exc, now)
+        await retry_while_unavailable(lambda: self._enqueue_rejection(body))
         self._acknowledge(message)
         self._on_committed()
         self._count_rejection(exc, command_id)
 
+    async def _enqueue_rejection(self, body: dict[str, object]) -> None:
+        async with self._db.transaction() as conn:
+            await enqueue(conn, "rejection", body)
+
     def _count_rejection(self, exc: RejectedInput, command_id: str | None) -> None:
-        self._counters.inc("command_envelopes_rejected")
-        self._counters.inc(f"command_envelopes_rejected_{exc.reason}")
+        self._counters.inc("command_envelopes_rejected", reason=exc.reason)
         log.warning("rejected command envelope (claimed id %s): %s", command_id, exc)
 
 

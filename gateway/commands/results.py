@@ -34,6 +34,7 @@ from gateway.errors import RejectedInput
 from gateway.metrics import Counters
 from gateway.relay.outbox import enqueue
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 from gateway.topics import parse_tablet_topic
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,9 @@ class CommandResults:
             batch = await next_batch(self._queue, self._batch_size, self._batch_window_s)
             await self._store(batch)
 
-    async def _store(self, batch: list[Inbound]) -> None:
-        results = [r for r in map(self._parse, batch) if r is not None]
-        now = self._clock()
+    async def _commit(
+        self, results: list[TabletResult], now: float
+    ) -> tuple[list[queue.Transition], list[TabletResult]]:
         async with self._db.transaction() as conn:
             changed, unknown = await queue.apply_results(conn, results, now)
             for t in changed:
@@ -90,6 +91,12 @@ class CommandResults:
                 )
             for progress in await queue.progress_of(conn, {t.command_seq for t in changed}):
                 await enqueue(conn, "result", progress.as_body())
+        return changed, unknown
+
+    async def _store(self, batch: list[Inbound]) -> None:
+        results = [r for r in map(self._parse, batch) if r is not None]
+        now = self._clock()
+        changed, unknown = await retry_while_unavailable(lambda: self._commit(results, now))
         for message in batch:
             self._acknowledge(message)
         if self._on_confirm is not None and results:
@@ -109,8 +116,7 @@ class CommandResults:
         self._counters.inc("command_results_recorded", len(changed))
         self._counters.inc("command_results_repeated", len(results) - len(changed) - len(unknown))
         for result in unknown:
-            self._counters.inc("command_results_rejected")
-            self._counters.inc("command_results_rejected_unknown_command")
+            self._counters.inc("command_results_rejected", reason="unknown_command")
             log.warning(
                 "rejected result from device %r: no delivery of command %r to it",
                 result.device_id,
@@ -122,12 +128,11 @@ class CommandResults:
     def _parse(self, message: Inbound) -> TabletResult | None:
         topic = parse_tablet_topic(message.topic)
         if topic is None or topic.channel != "results":
-            self._counters.inc("command_results_rejected")
+            self._counters.inc("command_results_rejected", reason="bad_topic")
             return None
         try:
             return parse_result(topic.device_id, message.payload)
         except RejectedInput as exc:
-            self._counters.inc("command_results_rejected")
-            self._counters.inc(f"command_results_rejected_{exc.reason}")
+            self._counters.inc("command_results_rejected", reason=exc.reason)
             log.warning("rejected result from device %r: %s", topic.device_id[:80], exc)
             return None

@@ -16,6 +16,7 @@ other, across reconnects too (and a tablet has at most one pending state).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from gateway.backoff import backoff_delay
@@ -26,6 +27,7 @@ from gateway.relay import outbox
 from gateway.relay.pacing import Pacer
 from gateway.relay.wire import envelope_line, fit_batch
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 from gateway.topics import academy_up
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class OutboxDrain:
                 failures += 1
                 continue
             failures = 0
-            await outbox.acknowledge(self._db, rows)
+            await retry_while_unavailable(functools.partial(outbox.acknowledge, self._db, rows))
             self._counters.inc("upstream_batches_sent")
             self._counters.inc("upstream_bytes_sent", len(payload))
-            self._counters.inc(f"upstream_{kind}_sent", len(rows))
+            self._counters.inc("upstream_messages_sent", len(rows), kind=kind)

@@ -179,19 +179,32 @@ async def shed_totals(db: Database) -> dict[str, int]:
     return {kind: found.get(SHED_TOTAL_KEY.format(kind=kind), 0) for kind in ("state", "summary")}
 
 
+def track_peak(db: Database) -> None:
+    """Record the outbox's largest committed size, at every write transaction.
+
+    The size itself is kept by triggers (migration 7) at every insert and
+    delete, so a result added between two budget checks counts too.
+    """
+    db.run_before_commit("UPDATE outbox_size SET peak = bytes WHERE bytes > peak")
+
+
+async def peak_bytes(db: Database) -> int:
+    """The largest backlog (bytes) any transaction ever committed."""
+    row = await db.fetch_one("SELECT peak FROM outbox_size")
+    return int(row[0]) if row else 0
+
+
 class OutboxBudget:
-    """Keeps the outbox under its byte budget; remembers the largest backlog seen."""
+    """Keeps the outbox under its byte budget (its peak: :func:`track_peak`)."""
 
     def __init__(self, budget_bytes: int, counters: Counters) -> None:
         self.budget_bytes = budget_bytes
-        self.peak_bytes = 0
         self._counters = counters
 
     async def enforce(self, conn: aiosqlite.Connection) -> ShedPlan:
         """Inside the caller's transaction: measure, and shed what the plan says."""
         _, total, _ = await _backlog_totals(conn)
         if total <= self.budget_bytes:
-            self.peak_bytes = max(self.peak_bytes, total)
             return ShedPlan(drop=(), bytes_after=total, over_budget_by=0)
         plan = plan_shedding(await _pending_items(conn), self.budget_bytes)
         await conn.executemany(
@@ -206,7 +219,7 @@ class OutboxBudget:
             shed = plan.count(kind)
             if shed:
                 await _add_to_meta(conn, SHED_TOTAL_KEY.format(kind=kind), shed)
-                self._counters.inc(f"outbox_shed_{kind}", shed)
+                self._counters.inc("outbox_shed", shed, kind=kind)
         if plan.drop:
             log.warning(
                 "outbox over its budget of %d bytes: shed %d summaries and %d tablet states",
@@ -220,7 +233,6 @@ class OutboxBudget:
                 "outbox stays %d bytes over budget: command results and rejections are never shed",
                 plan.over_budget_by,
             )
-        self.peak_bytes = max(self.peak_bytes, plan.bytes_after)
         return plan
 
 

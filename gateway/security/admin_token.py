@@ -1,7 +1,15 @@
-"""The admin API token: a random secret in the state directory, mode 0600."""
+"""The admin API token: a random secret in the state directory, mode 0600.
+
+The file is written atomically (a temporary file, fsync, rename), so a crash
+during the first start-up leaves either no token or a whole one. A file
+found empty anyway (written by an older version, or truncated by a failing
+card) holds no secret: a new token replaces it, with a warning in the log,
+instead of a gateway whose every API call fails with 401.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import stat
@@ -9,25 +17,47 @@ from pathlib import Path
 
 from gateway.errors import SecurityError
 
+log = logging.getLogger(__name__)
+
 TOKEN_FILE = "admin-token"
 
 
 def load_or_create_admin_token(state_dir: Path) -> str:
-    """Read the token, creating it (0600) on first start.
+    """Read the token, creating it (0600) on first start or when the file is empty.
 
     Refuses a token file that group or others can read: anyone on the box
     could then drive the admin API.
     """
     path = state_dir / TOKEN_FILE
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32) + "\n")
+        _write_token(path)
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecurityError(f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
-    return read_admin_token(state_dir)
+    token = read_admin_token(state_dir)
+    if not token:
+        log.warning("%s was empty (an interrupted first start?): a new token was written", path)
+        _write_token(path)
+        token = read_admin_token(state_dir)
+    return token
+
+
+def _write_token(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def read_admin_token(state_dir: Path) -> str:

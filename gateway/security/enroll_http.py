@@ -72,8 +72,7 @@ class EnrollmentEndpoint:
         try:
             answer = await self._enroll(await request.read(), request)
         except RejectedInput as exc:
-            self.counters.inc("enrollment_rejected")
-            self.counters.inc(f"enrollment_rejected_{exc.reason}")
+            self.counters.inc("enrollment_rejected", reason=exc.reason)
             log.warning("refused enrollment from %s: %s", peer, exc)
             return web.json_response(
                 {"error": exc.reason, "detail": exc.detail},

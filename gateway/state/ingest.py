@@ -30,8 +30,9 @@ from gateway.errors import RejectedInput
 from gateway.metrics import Counters
 from gateway.relay.outbox import OutboxBudget, reserve_sequence
 from gateway.state.report import Presence, StateReport, parse_presence, parse_state_report
-from gateway.state.shadow import latest_per_tablet, store_presence, store_reports
+from gateway.state.shadow import standings, store_presence, store_reports, winners
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 from gateway.topics import parse_tablet_topic
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,20 @@ class StateIngest:
             elif isinstance(parsed, Presence):
                 presences.append(parsed)
         now = time.time()
-        latest = latest_per_tablet(reports)
+        # A full disk: keep the batch, unacknowledged, until it commits.
+        await retry_while_unavailable(lambda: self._commit(reports, presences, now))
+        self._acknowledge_all(batch)
+        self._counters.inc("state_reports_stored", len(reports))
+        self._counters.inc("presence_updates_stored", len(presences))
+        if reports and self._on_stored is not None:
+            self._on_stored(reports)
+
+    async def _commit(
+        self, reports: Sequence[StateReport], presences: Sequence[Presence], now: float
+    ) -> None:
         async with self._db.transaction() as conn:
+            # Only reports newer than the stored one (gateway.state.order) are written.
+            latest = winners(reports, await standings(conn, (r.device_id for r in reports)))
             if latest:
                 first_seq = await reserve_sequence(conn, len(latest))
                 await store_reports(conn, latest, now, first_seq)
@@ -103,16 +116,11 @@ class StateIngest:
                     await self._budget.enforce(conn)
             if presences:
                 await store_presence(conn, presences, now)
-        self._acknowledge_all(batch)
-        self._counters.inc("state_reports_stored", len(reports))
-        self._counters.inc("presence_updates_stored", len(presences))
-        if reports and self._on_stored is not None:
-            self._on_stored(reports)
 
     def _parse(self, message: Inbound) -> StateReport | Presence | None:
         topic = parse_tablet_topic(message.topic)
         if topic is None:
-            self._counters.inc("tablet_messages_rejected_bad_topic")
+            self._counters.inc("tablet_messages_rejected", channel="unknown", reason="bad_topic")
             log.warning("rejected message on unexpected topic %r", message.topic[:120])
             return None
         try:
@@ -126,8 +134,7 @@ class StateIngest:
                     return None
                 return parse_presence(topic.device_id, message.payload)
         except RejectedInput as exc:
-            self._counters.inc(f"{topic.channel}_messages_rejected_{exc.reason}")
-            self._counters.inc("tablet_messages_rejected")
+            self._counters.inc("tablet_messages_rejected", channel=topic.channel, reason=exc.reason)
             log.warning(
                 "rejected %s message from device %r: %s",
                 topic.channel,

@@ -18,6 +18,7 @@ MAX_APPS = 500
 MAX_CONTENT_ITEMS = 500
 MAX_TEXT = 64
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+EPOCH_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,13 @@ class StateReport:
     locked: bool
     group: str
     content: tuple[str, ...]
+    epoch: str = ""  # see gateway.state.order
 
     def as_dict(self) -> dict[str, Any]:
         """The canonical JSON form stored in the shadow and relayed upstream."""
+        extra = {"epoch": self.epoch} if self.epoch else {}
         return {
+            **extra,
             "device_id": self.device_id,
             "seq": self.seq,
             "ts": self.ts,
@@ -174,7 +178,17 @@ def parse_state_report(device_id: str, payload: bytes, *, max_bytes: int) -> Sta
         locked=_flag(obj, "locked"),
         group=group,
         content=content,
+        epoch=_epoch(obj),
     )
+
+
+def _epoch(obj: dict[str, Any]) -> str:
+    epoch = obj.get("epoch", "")
+    if epoch != "" and not (type(epoch) is str and EPOCH_PATTERN.fullmatch(epoch)):
+        raise RejectedInput(
+            "bad_field", "field 'epoch' must be 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"
+        )
+    return str(epoch)
 
 
 def parse_presence(device_id: str, payload: bytes) -> Presence:

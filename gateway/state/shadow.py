@@ -7,30 +7,34 @@ caller holds, so reports are stored in batches (few commits, little SD wear).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
+from gateway.state.order import NO_REPORT, Standing, after, supersedes
 from gateway.state.report import Presence, StateReport
 from gateway.store.database import Database
 
+# Only reports that won by gateway.state.order reach this statement.
 _UPSERT_REPORT = """
 INSERT INTO shadow (
-    device_id, state, report_seq, group_name, first_seen, last_seen, upstream_seq, upstream_since
+    device_id, state, report_seq, group_name, first_seen, last_seen, upstream_seq, upstream_since,
+    report_epoch, retired_epochs
 )
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (device_id) DO UPDATE SET
     state = excluded.state,
     report_seq = excluded.report_seq,
     group_name = excluded.group_name,
     last_seen = excluded.last_seen,
     upstream_seq = excluded.upstream_seq,
-    upstream_since = coalesce(shadow.upstream_since, excluded.upstream_since)
-WHERE excluded.report_seq > shadow.report_seq
-   OR json_extract(excluded.state, '$.ts') > json_extract(shadow.state, '$.ts')
+    upstream_since = coalesce(shadow.upstream_since, excluded.upstream_since),
+    report_epoch = excluded.report_epoch,
+    retired_epochs = excluded.retired_epochs
 """
+_IN_CHUNK = 500
 
 _UPSERT_PRESENCE = """
 INSERT INTO shadow (device_id, state, report_seq, first_seen, last_seen, online, presence_at)
@@ -61,32 +65,70 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
-async def store_reports(
-    conn: aiosqlite.Connection, reports: Sequence[StateReport], now: float, first_upstream_seq: int
-) -> None:
-    """Upsert reports and mark each stored one pending upstream (relay outbox).
+@dataclass(frozen=True)
+class Winner:
+    """A report that supersedes its tablet's stored one, and the standing it leaves."""
 
-    Report i gets upstream sequence number ``first_upstream_seq + i``. An
-    older report (redelivered, reordered) never overwrites a newer one and
-    leaves the pending mark alone; its number is simply never used.
+    report: StateReport
+    standing: Standing
+
+
+async def standings(conn: aiosqlite.Connection, devices: Iterable[str]) -> dict[str, Standing]:
+    """The stored order of these tablets' latest reports (inside the caller's transaction)."""
+    wanted = sorted(set(devices))
+    found: dict[str, Standing] = {}
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start : start + _IN_CHUNK]
+        async with conn.execute(
+            "SELECT device_id, report_epoch, report_seq, retired_epochs FROM shadow "
+            f"WHERE device_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ) as cursor:
+            for device_id, epoch, seq, retired in await cursor.fetchall():
+                found[device_id] = Standing(epoch, int(seq), tuple(json.loads(retired)))
+    return found
+
+
+def winners(reports: Iterable[StateReport], stored: Mapping[str, Standing]) -> list[Winner]:
+    """The report that wins for each tablet over ``stored`` and the batch, in arrival order.
+
+    The rule is gateway.state.order: seq within an epoch, a new epoch
+    retires the old one; ``ts`` never decides.
+    """
+    latest: dict[str, Winner] = {}
+    for report in reports:
+        kept = latest.get(report.device_id)
+        standing = kept.standing if kept else stored.get(report.device_id, NO_REPORT)
+        if supersedes(standing, report.epoch, report.seq):
+            latest[report.device_id] = Winner(report, after(standing, report.epoch, report.seq))
+    return list(latest.values())
+
+
+async def store_reports(
+    conn: aiosqlite.Connection, won: Sequence[Winner], now: float, first_upstream_seq: int
+) -> None:
+    """Upsert winning reports and mark each pending upstream (relay outbox).
+
+    Report i gets upstream sequence number ``first_upstream_seq + i``.
     """
     await conn.executemany(
         _UPSERT_REPORT,
         [
-            (r.device_id, canonical_json(r.as_dict()), r.seq, r.group, now, now, seq, now)
-            for seq, r in enumerate(reports, first_upstream_seq)
+            (
+                w.report.device_id,
+                canonical_json(w.report.as_dict()),
+                w.report.seq,
+                w.report.group,
+                now,
+                now,
+                seq,
+                now,
+                w.standing.epoch,
+                json.dumps(list(w.standing.retired)),
+            )
+            for seq, w in enumerate(won, first_upstream_seq)
         ],
     )
-
-
-def latest_per_tablet(reports: Iterable[StateReport]) -> list[StateReport]:
-    """The report that wins for each tablet, by the shadow's rule, in arrival order."""
-    latest: dict[str, StateReport] = {}
-    for report in reports:
-        kept = latest.get(report.device_id)
-        if kept is None or report.seq > kept.seq or report.ts > kept.ts:
-            latest[report.device_id] = report
-    return list(latest.values())
 
 
 async def store_presence(

@@ -20,6 +20,7 @@ from gateway.relay import outbox
 from gateway.relay.outbox import OutboxBudget
 from gateway.state.summary import SummaryRules, TabletView, build_summary
 from gateway.store.database import Database
+from gateway.store.health import retry_while_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ class SummaryMaker:
         self._extra = extra
         self._on_enqueued = on_enqueued
 
+    async def _enqueue(self, body: dict[str, Any], now: float) -> None:
+        async with self._db.transaction() as conn:
+            await outbox.enqueue(conn, "summary", body, now=now)
+            await self._budget.enforce(conn)
+
     async def run(self) -> None:
         while True:
             await self.make_one()
@@ -73,9 +79,7 @@ class SummaryMaker:
         )
         if self._extra is not None:  # other flows' sections (the cache's)
             body.update(await self._extra())
-        async with self._db.transaction() as conn:
-            await outbox.enqueue(conn, "summary", body, now=now)
-            await self._budget.enforce(conn)
+        await retry_while_unavailable(lambda: self._enqueue(body, now))
         self._counters.inc("summaries_made")
         if self._on_enqueued is not None:
             self._on_enqueued()

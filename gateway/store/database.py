@@ -18,12 +18,15 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.errors import StoreError
+from gateway.errors import StoreError, StoreUnavailable
+from gateway.store.health import StoreHealth
 from gateway.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
 Params = tuple[Any, ...] | Mapping[str, Any]
+# SQLITE_FULL, SQLITE_IOERR (any extended code): the disk, not the statement.
+_UNAVAILABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 
 # The store's file name in the state directory (the daemon, the CLIs and the lab share it).
 DATABASE_FILE = "gateway.db"
@@ -36,6 +39,8 @@ class Database:
         self.path = path
         self._conn = conn
         self._write_lock = asyncio.Lock()
+        self._before_commit: list[str] = []
+        self.health = StoreHealth()
 
     @classmethod
     async def open(cls, path: Path, migrations: Mapping[int, str] = MIGRATIONS) -> Database:
@@ -56,6 +61,10 @@ class Database:
             await conn.close()
             raise
         return db
+
+    def run_before_commit(self, sql: str) -> None:
+        """Run ``sql`` (no parameters) at the end of every write transaction, before COMMIT."""
+        self._before_commit.append(sql)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -85,17 +94,46 @@ class Database:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot begin transaction: {exc}") from exc
+                raise self._translate("cannot begin transaction", exc) from exc
             try:
                 yield self._conn
+                for sql in self._before_commit:
+                    await self._conn.execute(sql)
+            except sqlite3.Error as exc:
+                await self._rollback()
+                raise self._translate("write failed", exc) from exc
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await self._rollback()
                 raise
             try:
                 await self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                await self._conn.execute("ROLLBACK")
-                raise StoreError(f"commit failed: {exc}") from exc
+                await self._rollback()
+                raise self._translate("commit failed", exc) from exc
+            self.health.succeeded()
+
+    def _translate(self, what: str, exc: sqlite3.Error) -> StoreError:
+        """StoreUnavailable for a disk that refuses writes now (recorded in ``health``)."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in _UNAVAILABLE or "disk is full" in str(exc):
+            unavailable = StoreUnavailable(f"{what}: {exc}")
+            self.health.failed(unavailable)
+            return unavailable
+        return StoreError(f"{what}: {exc}")
+
+    async def _rollback(self) -> None:
+        """Roll back what is left of a failed transaction, keeping the original error.
+
+        SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_IOERR):
+        then there is nothing to roll back, and a ROLLBACK would raise "no
+        transaction is active" over the error that matters.
+        """
+        if not self._conn.in_transaction:
+            return
+        try:
+            await self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("rollback after a failed write also failed: %s", exc)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         try:

@@ -125,4 +125,43 @@ MIGRATIONS: dict[int, str] = {
         device_id  TEXT                     -- NULL for the gateway's reload probes
     );
     """,
+    7: """
+    -- The outbox's size, kept by triggers at every insert and delete (O(1) per
+    -- row), and the largest size any transaction committed (``peak``, updated
+    -- before each COMMIT by gateway.relay.outbox.track_peak).
+    CREATE TABLE outbox_size (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        bytes INTEGER NOT NULL,
+        peak  INTEGER NOT NULL
+    );
+    INSERT INTO outbox_size (id, bytes, peak) SELECT 1, a + b, a + b FROM
+        (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) AS a FROM outbox),
+        (SELECT coalesce(sum(length(CAST(state AS BLOB))), 0) AS b FROM shadow
+         WHERE upstream_seq IS NOT NULL);
+    CREATE TRIGGER outbox_size_insert AFTER INSERT ON outbox BEGIN
+        UPDATE outbox_size SET bytes = bytes + length(CAST(new.body AS BLOB));
+    END;
+    CREATE TRIGGER outbox_size_delete AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_size SET bytes = bytes - length(CAST(old.body AS BLOB));
+    END;
+    CREATE TRIGGER outbox_size_shadow_insert AFTER INSERT ON shadow
+    WHEN new.upstream_seq IS NOT NULL BEGIN
+        UPDATE outbox_size SET bytes = bytes + length(CAST(new.state AS BLOB));
+    END;
+    CREATE TRIGGER outbox_size_shadow_update AFTER UPDATE OF state, upstream_seq ON shadow
+    WHEN old.upstream_seq IS NOT NULL OR new.upstream_seq IS NOT NULL BEGIN
+        UPDATE outbox_size SET bytes = bytes
+            - CASE WHEN old.upstream_seq IS NULL THEN 0 ELSE length(CAST(old.state AS BLOB)) END
+            + CASE WHEN new.upstream_seq IS NULL THEN 0 ELSE length(CAST(new.state AS BLOB)) END;
+    END;
+    CREATE TRIGGER outbox_size_shadow_delete AFTER DELETE ON shadow
+    WHEN old.upstream_seq IS NOT NULL BEGIN
+        UPDATE outbox_size SET bytes = bytes - length(CAST(old.state AS BLOB));
+    END;
+    """,
+    8: """
+    -- The report order (gateway.state.order): seq within an epoch, retired epochs.
+    ALTER TABLE shadow ADD COLUMN report_epoch TEXT NOT NULL DEFAULT '';
+    ALTER TABLE shadow ADD COLUMN retired_epochs TEXT NOT NULL DEFAULT '[]';
+    """,
 }
