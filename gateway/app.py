@@ -257,6 +257,7 @@ class Gateway:
                 "command-expiry": delivery.run_expiry(),
                 "command-results": results.run(),
                 "result-confirmations": confirmations.run(),
+                "ready-for-results": self._announce_ready(),
                 "summaries": summaries.run(),
                 "store-health": self._report_store_health(db),
                 "http": serve_until_cancelled(
@@ -316,6 +317,22 @@ class Gateway:
                 )
             except BrokerError as exc:
                 log.info("store health not reported upstream (academy link: %s)", exc)
+
+    async def _announce_ready(self) -> None:
+        """Say ``gateway/status`` online again once the command session subscribed.
+
+        Tablets re-send their unconfirmed results when they see it: after the
+        broker lost its sessions (a power cut), results sent before the
+        gateway's subscription was back found nobody to deliver them to.
+        """
+        payload = _presence(True, self.config.gateway.gateway_id)
+        while True:
+            await self.command_link.connected.wait()
+            try:
+                await self.command_link.publish(topics.GATEWAY_STATUS, payload, qos=1, retain=True)
+            except BrokerError as exc:
+                log.info("could not announce the gateway ready for results: %s", exc)
+            await self.command_link.wait_disconnected()
 
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""

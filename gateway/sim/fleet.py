@@ -6,7 +6,8 @@ state reports (QoS 1) every ``interval_s`` (0 = as fast as the broker acks),
 and listens on its command topic (``on_command``, see gateway.sim.commands)
 and for result confirmations. As docs/protocol.md asks, a tablet holds one
 connection and on each connect subscribes first, then publishes its birth,
-then re-sends its unconfirmed results (and again every ``RESULT_RESEND_S``).
+then re-sends its unconfirmed results (again whenever ``gateway/status``
+says online, and every ``RESULT_RESEND_S``).
 With ``stay_online`` a tablet that sent its report quota keeps its session
 open, listening for commands, until told to ``leave()``; ``come_back()``
 readies it for another ``run()`` with the same persistent session. Connects are staggered through a
@@ -149,6 +150,7 @@ class SimulatedTablet:
                 attempt = 0
                 await client.subscribe(topics.tablet_commands(self.device_id), qos=1)
                 await client.subscribe(topics.tablet_results_ack(self.device_id), qos=1)
+                await client.subscribe(topics.GATEWAY_STATUS, qos=1)
                 await client.publish(status, b'{"online":true}', qos=1, retain=True)
                 self.online = True
                 async with asyncio.TaskGroup() as group:
@@ -208,6 +210,12 @@ class SimulatedTablet:
                 if self._on_command is not None:
                     self._on_command.confirmed(self, payload)
                 continue
+            if message.topic.value == topics.GATEWAY_STATUS:
+                # The gateway is (back) online and subscribed: what it has not
+                # confirmed may have been lost with the broker's sessions.
+                if self._on_command is not None and _says_online(payload):
+                    await self._on_command.resend(self, client)
+                continue
             self.stats.commands_received += 1
             if self._on_command is not None:
                 await self._on_command(self, client, payload)
@@ -218,6 +226,13 @@ class SimulatedTablet:
         while True:
             await self._on_command.resend(self, client)
             await asyncio.sleep(RESULT_RESEND_S)
+
+
+def _says_online(payload: bytes) -> bool:
+    try:
+        return json.loads(payload).get("online") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 class Fleet:
