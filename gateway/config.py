@@ -93,8 +93,8 @@ class TabletsSection:
     max_report_bytes: int = field(default=16_384, metadata={"min": 256, "max": 262_144})
     # Per-tablet budget at the intake (token bucket over every message a tablet
     # publishes): beyond it, its messages are dropped at once and counted.
-    max_messages_per_s: float = field(default=20.0, metadata={"min": 0.01})
-    message_burst: int = field(default=200, metadata={"min": 1})
+    max_messages_per_s: float = field(default=100.0, metadata={"min": 0.01})
+    message_burst: int = field(default=1_000, metadata={"min": 1})
     low_battery_pct: int = field(default=20, metadata={"min": 0, "max": 100})
     low_storage_mb: int = field(default=500, metadata={"min": 0})
     required_apps: dict[str, str] = field(default_factory=dict)
