@@ -10,6 +10,7 @@ publish offline status on both brokers, cancel the services, close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
 from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
+from gateway.commands.clock import BoxClock
 from gateway.commands.confirmations import ResultConfirmations
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
@@ -40,7 +42,7 @@ from gateway.relay.outbox import OutboxBudget
 from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
-from gateway.security.tls import academy_context, school_broker_context
+from gateway.security.tls import academy_context, missing_academy_cert, school_broker_context
 from gateway.signed import load_public_keys
 from gateway.state.ingest import StateIngest
 from gateway.state.intake_budget import TabletBudget
@@ -53,6 +55,8 @@ from gateway.web.server import build_app, serve_until_cancelled
 
 log = logging.getLogger(__name__)
 
+# How often the gateway looks for the academy client certificate while it is missing.
+CERTIFICATE_POLL_S = 10.0
 YIELD_EVERY = 10  # state messages routed between two turns of the event loop
 MAX_BUDGET_DEVICES = 4_096  # per-tablet budgets kept (least recently seen forgotten first)
 
@@ -126,7 +130,10 @@ class Gateway:
                 keepalive_s=config.academy_broker.keepalive_s,
                 birth=Announcement(status_topic, _presence(True, g.gateway_id)),
                 will=Announcement(status_topic, _presence(False, g.gateway_id)),
-                subscriptions=((topics.academy_commands(g.school_id), 1),),
+                subscriptions=(
+                    (topics.academy_commands(g.school_id), 1),
+                    (topics.academy_manifest(g.school_id), 1),
+                ),
             ),
             self.counters,
             on_message=self._route_academy_message,
@@ -140,6 +147,9 @@ class Gateway:
         self._delivery: CommandDelivery | None = None
         self._results: CommandResults | None = None
         self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
+        # When the uplink went down (None while connected), and why it cannot connect.
+        self._uplink_down_since: float | None = time.time()
+        self._uplink_problem: str | None = None
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -152,12 +162,12 @@ class Gateway:
         # Keys and certificates: made at first start, refused if others can read them.
         identity = load_identity(self.config)
         secure = not self.config.school_broker.lab_plain_listener
-        for link, tls in (
-            (self.school_link, school_broker_context(self.config)),
-            (self.command_link, school_broker_context(self.config)),
-            (self.academy_link, academy_context(self.config)),
-        ):
-            link.settings = dataclasses.replace(link.settings, tls=tls)
+        self.school_link.settings = dataclasses.replace(
+            self.school_link.settings, tls=school_broker_context(self.config)
+        )
+        self.command_link.settings = dataclasses.replace(
+            self.command_link.settings, tls=school_broker_context(self.config)
+        )
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
         outbox.track_peak(db)
         try:
@@ -193,6 +203,8 @@ class Gateway:
             )
             self.cache = cache = CacheService(self.config, db, self.counters)
             await cache.open()
+            box_clock = BoxClock()  # expiry and replay across wall-clock jumps
+            await box_clock.load(db)
             self._delivery = delivery = CommandDelivery(
                 db,
                 self.command_link,
@@ -201,6 +213,7 @@ class Gateway:
                 retention_s=self.config.commands.retention_s,
                 on_committed=drain.notify,
                 on_pruned=lambda ids: intake.forget(ids),  # noqa: PLW0108 (intake comes next)
+                clock=box_clock,
             )
             c = self.config.commands
             self._intake = intake = CommandIntake(
@@ -216,6 +229,7 @@ class Gateway:
                 ),
                 max_unfinished=c.max_unfinished_commands,
                 on_accepted=delivery.command_accepted,
+                clock=box_clock,
                 on_committed=drain.notify,
             )
             confirmations = ResultConfirmations(self.command_link, self.counters)
@@ -247,7 +261,8 @@ class Gateway:
             services: dict[str, Coroutine[Any, Any, None]] = {
                 "school-broker": self.school_link.run(),
                 "school-broker-commands": self.command_link.run(),
-                "academy-broker": self.academy_link.run(),
+                "academy-broker": self._run_academy_link(),
+                "uplink-watch": self._watch_uplink(),
                 "state-ingest": self._ingest.run(),
                 "presence-ingest": self._presence_ingest.run(),
                 "outbox-drain": drain.run(),
@@ -286,6 +301,33 @@ class Gateway:
             await db.close()
             self._db = None
             log.info("gateway stopped")
+
+    async def _run_academy_link(self) -> None:
+        """The academy link, once its client certificate is there (looked for every 10 s).
+
+        Installing the certificate the academy signed needs no restart.
+        """
+        missing = missing_academy_cert(self.config)
+        if missing is not None:
+            log.error("academy uplink not started: %s", missing)
+            self._uplink_problem = missing
+            # A file to look for: no event to wait on.
+            while missing_academy_cert(self.config) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(CERTIFICATE_POLL_S)
+            log.info("academy client certificate found: starting the uplink")
+            self._uplink_problem = None
+        self.academy_link.settings = dataclasses.replace(
+            self.academy_link.settings, tls=academy_context(self.config)
+        )
+        await self.academy_link.run()
+
+    async def _watch_uplink(self) -> None:
+        """Remember since when the academy link is down, for ``status``."""
+        while True:
+            await self.academy_link.connected.wait()
+            self._uplink_down_since = None
+            await self.academy_link.wait_disconnected()
+            self._uplink_down_since = time.time()
 
     async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop_requested.wait()
@@ -439,6 +481,13 @@ class Gateway:
         if message.topic == topics.academy_commands(self.config.gateway.school_id) and self._intake:
             await self._intake.accept(message)
             return
+        if message.topic == topics.academy_manifest(self.config.gateway.school_id) and self.cache:
+            # Applied and stored (committed) before the acknowledgement; a bad one is
+            # counted and logged by the cache, and acknowledged: resending cannot fix it.
+            with contextlib.suppress(RejectedInput):
+                await self.cache.apply_manifest(message.payload)
+            self.academy_link.ack(message)
+            return
         self.counters.inc("academy_messages_ignored")
         self.academy_link.ack(message)
 
@@ -459,6 +508,15 @@ class Gateway:
             "flooding_tablets": [
                 dataclasses.asdict(f) for f in self.tablet_budget.flooders(time.monotonic())
             ],
+            "uplink": {
+                "down_since": self._uplink_down_since,
+                "down_for_s": (
+                    None
+                    if self._uplink_down_since is None
+                    else round(time.time() - self._uplink_down_since, 1)
+                ),
+                "problem": self._uplink_problem,
+            },
             "store": self._db.health.as_dict() if self._db else {},
             "tablets": {"known": known, "online": online},
             "outbox": {

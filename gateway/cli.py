@@ -73,7 +73,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_mosquitto_config(args: argparse.Namespace) -> int:
-    from gateway.broker.mosquitto_config import render_mosquitto_config, write_mosquitto_config
+    from gateway.broker.mosquitto_config import (
+        render_mosquitto_config,
+        state_dir_owner,
+        write_mosquitto_config,
+    )
     from gateway.config import load_config
 
     config = load_config(args.config)
@@ -81,10 +85,11 @@ def _cmd_mosquitto_config(args: argparse.Namespace) -> int:
         from gateway.security.broker_files import prepare_broker_files_now
 
         prepare_broker_files_now(config)  # the CA, certificates, CRL and ACL it refers to
+    user = state_dir_owner(config)  # Mosquitto started as root drops to this user
     if args.output is None:
-        print(render_mosquitto_config(config), end="")
+        print(render_mosquitto_config(config, broker_user=user), end="")
     else:
-        write_mosquitto_config(config, args.output)
+        write_mosquitto_config(config, args.output, broker_user=user)
     return 0
 
 

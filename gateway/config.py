@@ -8,6 +8,7 @@ patterns live in each field's metadata (``min``, ``max``, ``pattern``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import tomllib
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 from gateway.errors import ConfigError
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+DEFAULT_CONFIG_PATH = Path("/etc/school-gateway/gateway.toml")
 
 _T = TypeVar("_T")
 
@@ -113,7 +115,10 @@ class CacheSection:
     """The update cache on the box's disk."""
 
     quota_bytes: int = field(default=20_000_000_000, metadata={"min": 0})
-    min_free_bytes: int = field(default=1_000_000_000, metadata={"min": 0})
+    # The filesystem keeps max(min_free_bytes, min_free_percent of its size)
+    # free: 64 MB on the image's 1 GiB data partition, 5 % of a larger disk.
+    min_free_bytes: int = field(default=64_000_000, metadata={"min": 0})
+    min_free_percent: float = field(default=5.0, metadata={"min": 0, "max": 90})
     prefetch_bytes_per_s: int = field(default=500_000, metadata={"min": 1_000})
     offpeak_windows: tuple[str, ...] = ("22:00-06:00",)
     # Shared uplink budget of every cache download; 0 = no limit.
@@ -180,6 +185,23 @@ class Config:
     enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
+
+
+def add_config_argument(group: argparse.ArgumentParser, *actions: argparse.ArgumentParser) -> None:
+    """``--config FILE`` on a command and on each of its actions.
+
+    ``enroll --config F new`` and ``enroll new --config F`` both work, like
+    every other command's ``--config`` after its name; given twice, the one
+    nearer the end wins.
+    """
+    group.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"gateway config file (default {DEFAULT_CONFIG_PATH})",
+    )
+    for action in actions:
+        action.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="same")
 
 
 def load_config(path: Path) -> Config:

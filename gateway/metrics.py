@@ -126,6 +126,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_requests_rejected", "Content requests rejected.", "reason"),
     _counter("cache_lan_bytes_served", "Bytes served to tablets on the LAN."),
     _counter("cache_manifests_applied", "Signed manifests applied."),
+    _counter(
+        "cache_manifests_unchanged",
+        "Manifests received again with the serial already applied (the retained one).",
+    ),
     _counter("cache_manifest_rejected", "Manifests rejected.", "reason"),
     _counter("cache_manifest_fetch_errors", "Failed manifest fetches."),
     _counter("cache_items_refused", "Manifest items refused (too large for the cache)."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,17 @@ async def stored_status(state_dir: Path, reason: str) -> dict[str, Any]:
     if not path.exists():
         result["store"] = f"no database at {path}"
         return result
-    db = await Database.open(path)
     try:
-        known, online = await tablet_counts(db)
-        result["commands"] = await command_status(db)
-    finally:
-        await db.close()
+        db = await Database.open(path)
+        try:
+            known, online = await tablet_counts(db)
+            result["commands"] = await command_status(db)
+        finally:
+            await db.close()
+    except (GatewayError, sqlite3.Error) as exc:
+        # e.g. the gateway is creating its store at this very moment
+        result["store"] = f"cannot read {path} now: {exc}"
+        return result
     result["tablets"] = {"known": known, "online": online}
     return result
 
@@ -66,26 +72,81 @@ def _command_lines(commands: dict[str, Any]) -> list[str]:
     return lines
 
 
+def duration(seconds: float) -> str:
+    """``42 s``, ``7 min``, ``3 h 05 min``, ``2 d 4 h``: how long, for a person."""
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def size(nbytes: float) -> str:
+    """``512 B``, ``12.3 kB``, ``4.5 MB``: decimal units, as the config keys count."""
+    if nbytes < 1000:
+        return f"{nbytes:.0f} B"
+    if nbytes < 1_000_000:
+        return f"{nbytes / 1000:.1f} kB"
+    return f"{nbytes / 1_000_000:.1f} MB"
+
+
+def _academy_line(status: dict[str, Any]) -> str:
+    if status["brokers"]["academy"]:
+        return "connected"
+    uplink = status.get("uplink", {})
+    why = f": {uplink['problem']}" if uplink.get("problem") else ""
+    if uplink.get("down_for_s") is None:
+        return f"DOWN (queueing){why}"
+    return f"DOWN for {duration(uplink['down_for_s'])} (queueing){why}"
+
+
+def _outbox_line(outbox: dict[str, Any]) -> str:
+    line = (
+        f"outbox: {outbox.get('rows', 0)} messages ({size(outbox.get('bytes', 0))}) "
+        "waiting for the academy"
+    )
+    if outbox.get("rows"):
+        line += f", oldest {duration(outbox.get('oldest_age_s', 0))}"
+    if "budget_bytes" in outbox:
+        line += (
+            f"; budget {size(outbox['budget_bytes'])}, "
+            f"highest so far {size(outbox.get('peak_bytes', 0))}"
+        )
+    return line
+
+
 def render_status(status: dict[str, Any]) -> str:
     """A short human-readable view of a status dict."""
     lines = []
-    if status.get("running"):
+    running = bool(status.get("running"))
+    if running:
         lines.append(
             f"gateway {status['gateway_id']} (school {status['school_id']}), "
-            f"version {status['version']}, up {status['uptime_s']:.0f} s"
+            f"version {status['version']}, up {duration(status['uptime_s'])}"
         )
         brokers = status["brokers"]
         lines.append(
             "brokers: school "
             + ("connected" if brokers["school"] else "DOWN")
             + ", academy "
-            + ("connected" if brokers["academy"] else "down (queueing)")
+            + _academy_line(status)
         )
     else:
-        lines.append(f"gateway not running ({status['reason']})")
+        lines.append(f"gateway NOT RUNNING ({status['reason']})")
+        if isinstance(status.get("store"), str):
+            lines.append(f"store: {status['store']}")
     if "tablets" in status:
         t = status["tablets"]
-        lines.append(f"tablets: {t['known']} known, {t['online']} online")
+        if running:
+            lines.append(f"tablets: {t['known']} known, {t['online']} online")
+        else:
+            lines.append(
+                f"tablets: {t['known']} known (who is online is unknown while the gateway "
+                f"is stopped; {t['online']} were online when it last saw them)"
+            )
     for f in status.get("flooding_tablets", []):
         lines.append(
             f"  FLOODING: {f['device_id']} over its message budget, {f['dropped']} messages "
@@ -93,9 +154,8 @@ def render_status(status: dict[str, Any]) -> str:
         )
     if "commands" in status:
         lines.extend(_command_lines(status["commands"]))
-    for section in ("outbox", "health"):
-        if section in status:
-            lines.append(f"{section}: {status[section]}")
+    if "outbox" in status:
+        lines.append(_outbox_line(status["outbox"]))
     if status.get("cache"):
         lines.extend(render_cache(status["cache"]))
     counters = status.get("counters", {})

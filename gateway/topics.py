@@ -12,6 +12,7 @@ Academy broker (gateway <-> academy):
     schools/<school>/gateways/<gw>/status     presence of the gateway (retained)
     schools/<school>/gateways/<gw>/up/<kind>  upstream messages (QoS 1)
     schools/<school>/commands                 signed command envelopes (QoS 1)
+    schools/<school>/manifest                 the signed cache manifest (QoS 1, retained)
 """
 
 from __future__ import annotations
@@ -85,3 +86,7 @@ def academy_up_filter(school_id: str = "+", gateway_id: str = "+") -> str:
 
 def academy_commands(school_id: str) -> str:
     return f"schools/{school_id}/commands"
+
+
+def academy_manifest(school_id: str) -> str:
+    return f"schools/{school_id}/manifest"

@@ -85,8 +85,8 @@ class TestDaemonAndStatus:
         assert "gateway stopped" in out.decode()
 
         stopped = await run_cli("status", "--config", str(config))
-        assert "gateway not running" in stopped.stdout
-        assert "tablets: 0 known, 0 online" in stopped.stdout
+        assert "gateway NOT RUNNING" in stopped.stdout
+        assert "tablets: 0 known (who is online is unknown" in stopped.stdout
 
 
 class TestMosquittoConfig:

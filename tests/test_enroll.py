@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
 from pathlib import Path
@@ -188,6 +189,37 @@ class TestRevocation:
         db = running.gateway._db
         assert isinstance(db, Database)
         assert await registry.revoked_devices(db) == ["tab-lost"]
+
+
+class TestRevocationPending:
+    """A revocation the broker did not take up is shown PENDING, never just REVOKED."""
+
+    async def test_failed_reload_is_pending_then_retried(
+        self, start_secure_gateway, secure_school, tmp_path
+    ):
+        running = await start_secure_gateway()
+        secret = await make_token(running, device_id="tab-stolen")
+        credentials = await enroll_tablet(url_for(running, secret), tmp_path / "tab-stolen")
+        broken = {k: dict(v) for k, v in secure_school.tables.items()}
+        broken["school_broker"]["reload_command"] = ["false"]
+        broken_file = write_config_file(broken, tmp_path / "broken.toml")
+        result = await run_cli("enroll", "revoke", "tab-stolen", "--config", str(broken_file))
+        assert result.returncode == 1, result.stdout + result.stderr  # as docs/security.md says
+        assert "broker reloaded the CRL and ACL: NO (broker reload 'false' exited" in result.stdout
+        assert "PENDING" in result.stdout
+        port = secure_school.tls_port
+        outcome = await connect_outcome("127.0.0.1", port, credentials.tls_context(), "tab-stolen")
+        assert outcome == "accepted"  # truly not in force yet: the list must not hide it
+        listing = await run_cli("enroll", "list", "--config", str(broken_file))
+        assert re.search(r"tab-stolen .* REVOKED \S+ PENDING", listing.stdout), listing.stdout
+
+        fixed = write_config_file(secure_school.tables, tmp_path / "gateway.toml")
+        again = await run_cli("enroll", "revoke", "tab-stolen", "--config", str(fixed))
+        assert again.returncode == 0, again.stdout + again.stderr
+        listing = await run_cli("enroll", "list", "--config", str(fixed))
+        assert "REVOKED" in listing.stdout and "PENDING" not in listing.stdout
+        outcome = await connect_outcome("127.0.0.1", port, credentials.tls_context(), "tab-stolen")
+        assert outcome.startswith("closed"), outcome
 
 
 class TestEnrollCli:

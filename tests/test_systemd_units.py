@@ -178,6 +178,23 @@ class TestSecurity:
         assert hardened <= 2.5 < exposure(root, "mosquitto.service")
 
 
+class TestUnprovisioned:
+    """Without /etc/school-gateway/gateway.toml neither daemon starts (nor restarts)."""
+
+    @pytest.mark.parametrize("unit", ["gateway.service", "mosquitto.service"])
+    def test_condition_skips_the_unit(self, root: Path, unit: str) -> None:
+        if Path("/etc/school-gateway/gateway.toml").exists():
+            pytest.skip("this host is provisioned: the condition would hold")
+        result = analyze(root, "condition", f"--unit={unit}")
+        output = result.stdout + result.stderr
+        assert "ConditionPathExists=/etc/school-gateway/gateway.toml failed" in output
+        assert result.returncode != 0
+
+    def test_gateway_starts_after_provisioning(self) -> None:
+        settings = unit_settings(GATEWAY_UNIT.read_text())
+        assert "school-gateway-firstboot.service" in settings["After"][0].split()
+
+
 class TestContract:
     """The settings the gateway and the firmware image rely on."""
 

@@ -2,7 +2,8 @@
 
     keygen   make an Ed25519 key pair (private PEM mode 0600, public base64)
     sign     print a signed envelope (publish it yourself, e.g. with mosquitto_pub)
-    send     sign and publish a command to a school on the academy broker
+    send     sign and publish a command to a school on the academy broker, or
+             (--manifest FILE) the school's cache manifest, retained
     watch    print results, progress and rejections coming back from the school
 
 This is also the reference for an academy platform integrating with the
@@ -32,6 +33,7 @@ from gateway.academy.signing import (
     new_command_id,
     parse_ttl,
 )
+from gateway.cache.manifest import parse_manifest, sign_manifest
 from gateway.commands.actions import check_action
 from gateway.errors import BrokerError, ConfigError, RejectedInput
 from gateway.signed import sign_envelope
@@ -74,8 +76,13 @@ def _command_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--school", required=True, help="school id")
     parser.add_argument("--key", type=Path, required=True, help="academy private key (PEM)")
     parser.add_argument("--key-id", required=True, help="key id the gateways know it by")
-    parser.add_argument("--action", required=True)
-    who = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--action", help="the command's action (not with --manifest)")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        help="instead of a command: a cache manifest (JSON: serial, items) to sign",
+    )
+    who = parser.add_mutually_exclusive_group()
     who.add_argument("--device", action="append", help="target device id (repeatable)")
     who.add_argument("--group", help="target group (classroom)")
     who.add_argument("--all", action="store_true", help="every tablet of the school")
@@ -103,8 +110,32 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def build_manifest_envelope(args: argparse.Namespace) -> tuple[int, bytes]:
+    """(serial, envelope bytes) of the manifest in ``args.manifest``, checked as the gateway
+    will check it."""
+    if args.action or args.device or args.group or args.all or args.param or args.param_json:
+        raise ConfigError("--manifest takes no --action, targets or parameters")
+    try:
+        body = json.loads(args.manifest.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--manifest {args.manifest}: cannot read it as JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ConfigError(f"--manifest {args.manifest}: must be a JSON object")
+    body.setdefault("type", "cache_manifest")
+    body.setdefault("issued_at", int(time.time()))
+    try:
+        manifest = parse_manifest(json.dumps(body).encode())
+    except RejectedInput as exc:
+        raise ConfigError(f"not a valid manifest: {exc}") from exc
+    return manifest.serial, sign_manifest(body, load_private_key(args.key), args.key_id)
+
+
 def build_envelope(args: argparse.Namespace) -> tuple[str, bytes]:
     """(command id, envelope bytes) for the command described by ``args``."""
+    if not args.action:
+        raise ConfigError("--action is required (or --manifest FILE)")
+    if not (args.device or args.group or args.all):
+        raise ConfigError("one of --device, --group or --all is required")
     params = _params(args)
     try:
         check_action(args.action, params)  # the gateway would reject it anyway
@@ -142,7 +173,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    _, envelope = build_envelope(args)
+    _, envelope = build_manifest_envelope(args) if args.manifest else build_envelope(args)
     print(envelope.decode())
     return 0
 
@@ -154,16 +185,28 @@ def _broker(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def publish_envelope(host: str, port: int, school_id: str, envelope: bytes) -> None:
-    """Publish one envelope, QoS 1, and wait for the broker's acknowledgement."""
+async def publish_envelope(
+    host: str, port: int, school_id: str, envelope: bytes, *, manifest: bool = False
+) -> None:
+    """Publish one envelope, QoS 1, and wait for the broker's acknowledgement.
+
+    A manifest is retained: a gateway that connects later gets the latest one.
+    """
+    topic = topics.academy_manifest(school_id) if manifest else topics.academy_commands(school_id)
     try:
         async with aiomqtt.Client(host, port, timeout=10) as client:
-            await client.publish(topics.academy_commands(school_id), envelope, qos=1)
+            await client.publish(topic, envelope, qos=1, retain=manifest)
     except aiomqtt.MqttError as exc:
         raise BrokerError(f"academy broker {host}:{port}: {exc}") from exc
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
+    if args.manifest:
+        serial, envelope = build_manifest_envelope(args)
+        host, port = _broker(args.broker)
+        asyncio.run(publish_envelope(host, port, args.school, envelope, manifest=True))
+        print(f"sent manifest {serial} to {topics.academy_manifest(args.school)} (retained)")
+        return 0
     command_id, envelope = build_envelope(args)
     host, port = _broker(args.broker)
     asyncio.run(publish_envelope(host, port, args.school, envelope))

@@ -19,6 +19,7 @@ Two shapes, both plain functions over the gateway config:
 
 from __future__ import annotations
 
+import pwd
 import sys
 from pathlib import Path
 
@@ -106,9 +107,22 @@ def render_mosquitto_config(
     )
 
 
-def write_mosquitto_config(config: Config, output: Path) -> None:
+def state_dir_owner(config: Config) -> str | None:
+    """The user owning the state directory: the one Mosquitto must run as.
+
+    Mosquitto started as root drops to its ``user`` (by default ``mosquitto``)
+    before it reads the TLS key, CRL and ACL, which only the gateway's user may
+    read; started by systemd as that user (the drop-in), the option is moot.
+    """
+    try:
+        return pwd.getpwuid(config.gateway.state_dir.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return None
+
+
+def write_mosquitto_config(config: Config, output: Path, *, broker_user: str | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     (config.gateway.state_dir / "mosquitto").mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")
-    tmp.write_text(render_mosquitto_config(config))
+    tmp.write_text(render_mosquitto_config(config, broker_user=broker_user))
     tmp.replace(output)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from gateway.config import load_config
+from gateway.config import add_config_argument, load_config
 from gateway.errors import CacheError, GatewayError
 from gateway.metrics import Counters
 from gateway.security.admin_token import read_admin_token
@@ -27,14 +28,16 @@ def register(commands: Any, default_config: Path) -> None:
     actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     imp = actions.add_parser("import", help="import files matching manifest hashes (USB drive)")
     imp.add_argument("dir", type=Path)
-    imp.add_argument("--config", type=Path, default=default_config)
     imp.set_defaults(handler=_cmd_import)
+    add_config_argument(cache, imp)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     report = asyncio.run(import_directory(args.config, args.dir.resolve()))
     print(json.dumps(report, indent=2, sort_keys=True))
-    return 0 if not report.get("mismatched") and not report.get("refused") else 1
+    if report.get("note"):
+        print(f"note: {report['note']}", file=sys.stderr)
+    return 1 if report.get("failed") else 0
 
 
 async def import_directory(config_path: Path, folder: Path) -> dict[str, Any]:

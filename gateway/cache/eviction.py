@@ -1,7 +1,9 @@
 """What must leave the disk to admit an item, or why it cannot be admitted.
 
 Rules: the cache (complete items plus reserved downloads) stays within
-``quota_bytes``, and the filesystem keeps at least ``min_free_bytes`` free.
+``quota_bytes``, and the filesystem keeps at least ``min_free_bytes`` free
+(:func:`free_space_floor`: an absolute floor or a share of the disk, the
+larger, so the same defaults fit a 1 GiB data partition and a 1 TB disk).
 Only unpinned, complete items that nobody is downloading may be evicted,
 least recently used first. An item larger than the quota is refused outright.
 """
@@ -28,6 +30,11 @@ class Admission:
 
     evict: tuple[str, ...] = ()
     refused: str | None = None
+
+
+def free_space_floor(disk_bytes: int, *, min_free_bytes: int, min_free_percent: float) -> int:
+    """The free space the cache leaves on a filesystem of ``disk_bytes``."""
+    return max(min_free_bytes, int(disk_bytes * min_free_percent / 100))
 
 
 def plan_admission(

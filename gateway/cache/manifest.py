@@ -5,8 +5,9 @@ Envelope (the same scheme as commands; the lead unifies the two):
     {"key_id": "<id>", "payload": "<base64 of the exact payload bytes>",
      "signature": "<base64 Ed25519 signature over the payload bytes>"}
 
-``key_id`` names a key in ``[commands.academy_keys]`` (id = base64 of the raw
-32-byte Ed25519 public key). Payload (JSON):
+``key_id`` is the free name under which the key is listed in
+``[commands.academy_keys]`` (name = base64 of the raw 32-byte Ed25519 public
+key); it is not the key itself. Payload (JSON):
 
     {"type": "cache_manifest", "serial": 7, "issued_at": 1764000000,
      "items": [{"sha256": "...", "size": 123, "urls": ["https://..."],

@@ -33,15 +33,36 @@ class ImportReport:
     skipped: int = 0
     mismatched: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    wanted: int = 0  # items the cache knows and does not hold yet
+    reasons: list[str] = field(default_factory=list)  # "path: why it was skipped"
+    note: str = ""  # why the import as a whole could do nothing
+
+    @property
+    def failed(self) -> bool:
+        """Exit status 1: a file was refused or did not verify, or nothing could be
+        imported although items are wanted, or the cache knows no item at all."""
+        nothing = not self.verified and (self.wanted > 0 or self.note.startswith(NO_MANIFEST))
+        return bool(self.mismatched or self.refused or nothing)
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped += 1
+        self.reasons.append(f"{path}: {reason}")
 
     def as_dict(self) -> dict[str, object]:
         return {
             "imported": sorted(self.verified),
             "examined": self.examined,
+            "wanted": self.wanted,
             "skipped": self.skipped,
+            "skip_reasons": self.reasons,
             "mismatched": self.mismatched,
             "refused": self.refused,
+            "note": self.note,
+            "failed": self.failed,
         }
+
+
+NO_MANIFEST = "the box knows no item"
 
 
 async def import_files(
@@ -54,17 +75,25 @@ async def import_files(
     if not await asyncio.to_thread(folder.is_dir):
         raise CacheError(f"{folder} is not a directory")
     sizes = {e.size for e in wanted.values()}
-    report = ImportReport()
+    report = ImportReport(wanted=len(wanted))
     for root, _dirs, files in os.walk(folder):
         for name in sorted(files):
             path = Path(root) / name
             report.examined += 1
             try:
-                if not path.is_file() or path.is_symlink() or path.stat().st_size not in sizes:
-                    report.skipped += 1
+                if path.is_symlink():
+                    report.skip(path, "a symbolic link (only regular files are imported)")
                     continue
-            except OSError:
-                report.skipped += 1
+                if not path.is_file():
+                    report.skip(path, "not a regular file")
+                    continue
+                size = path.stat().st_size
+            except OSError as exc:
+                report.skip(path, f"unreadable: {exc.strerror}")
+                continue
+            if size not in sizes:
+                why = "no wanted item" if wanted else "nothing is wanted"
+                report.skip(path, f"its size, {size} bytes, is the size of {why}")
                 continue
             tmp = staging / f".import-{os.getpid()}"
             digest = await asyncio.to_thread(_copy_hashing, path, tmp)

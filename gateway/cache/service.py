@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.cache.budget import parse_windows
 from gateway.cache.download import Download, OriginSettings
-from gateway.cache.eviction import Resident, plan_admission
+from gateway.cache.eviction import Resident, free_space_floor, plan_admission
 from gateway.cache.index import CacheIndex, Entry, tablets_holding
 from gateway.cache.manifest import Manifest, parse_manifest, verify_envelope
 from gateway.cache.pacing import UplinkBudget
-from gateway.cache.seeding import ImportReport, import_files
+from gateway.cache.seeding import NO_MANIFEST, ImportReport, import_files
 from gateway.config import Config
 from gateway.errors import CacheError, RejectedInput, UplinkError
 from gateway.metrics import Counters
@@ -149,7 +149,7 @@ class CacheService:
     # -- manifest -----------------------------------------------------------------
 
     async def apply_manifest(self, envelope: bytes) -> Manifest:
-        """Verify and apply a signed manifest (from the URL or a command).
+        """Verify and apply a signed manifest (from the URL or the academy broker).
 
         Raises RejectedInput (counted as ``cache_manifest_rejected_<reason>``).
         """
@@ -163,6 +163,10 @@ class CacheService:
             self.counters.inc("cache_manifest_rejected", reason=exc.reason)
             log.warning("rejected cache manifest: %s", exc)
             raise
+        if self.manifest is not None and manifest.serial == self.manifest.serial:
+            # The retained manifest again (each reconnect), or the URL unchanged.
+            self.counters.inc("cache_manifests_unchanged")
+            return self.manifest
         pinned, forgotten = await self.index.apply_manifest(manifest.items)
         await self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -279,7 +283,7 @@ class CacheService:
             used_bytes=used,
             quota_bytes=self.settings.quota_bytes,
             free_bytes=shutil.disk_usage(self.paths.root).free + already,
-            min_free_bytes=self.settings.min_free_bytes,
+            min_free_bytes=self._free_space_floor(),
         )
         if plan.refused is not None:
             self.counters.inc("cache_items_refused")
@@ -331,6 +335,13 @@ class CacheService:
             if not e.complete and e.sha256 not in self._active
         }
         report = await import_files(folder, wanted, self.paths.partial, self._admit_for_import)
+        if not wanted:
+            report.note = (
+                "every item of the manifest is already cached"
+                if self.manifest is not None and self.index.entries()
+                else f"{NO_MANIFEST}: no manifest has reached it yet (the academy sends one "
+                "with `academy send --manifest`, or set cache.manifest_url)"
+            )
         for sha, path in report.verified.items():
             os.replace(path, self.paths.object(sha))
             await self.index.set_complete(sha, True)
@@ -355,10 +366,17 @@ class CacheService:
             used_bytes=used,
             quota_bytes=self.settings.quota_bytes,
             free_bytes=shutil.disk_usage(self.paths.root).free,
-            min_free_bytes=self.settings.min_free_bytes,
+            min_free_bytes=self._free_space_floor(),
         )
         if plan.refused is not None:
             raise Refused(plan.refused)
+
+    def _free_space_floor(self) -> int:
+        return free_space_floor(
+            shutil.disk_usage(self.paths.root).total,
+            min_free_bytes=self.settings.min_free_bytes,
+            min_free_percent=self.settings.min_free_percent,
+        )
 
     # -- stats --------------------------------------------------------------------
 

@@ -33,13 +33,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 from gateway import topics
 from gateway.backoff import backoff_delay
 from gateway.broker.link import BrokerLink
 from gateway.commands import queue
+from gateway.commands.clock import BoxClock
 from gateway.commands.progress import delivery_body, delivery_message
 from gateway.errors import BrokerError
 from gateway.metrics import Counters
@@ -68,7 +68,7 @@ class CommandDelivery:
         retention_s: float,
         on_committed: Callable[[], None],
         on_pruned: Callable[[Sequence[str]], None],
-        clock: Callable[[], float] = time.time,
+        clock: BoxClock | None = None,
     ) -> None:
         self._db = db
         self._school = school
@@ -77,7 +77,7 @@ class CommandDelivery:
         self._retention_s = retention_s
         self._on_committed = on_committed
         self._on_pruned = on_pruned
-        self._clock = clock
+        self._clock = clock or BoxClock()
         self._online: dict[str, bool] = {}
         self._new: set[str] = set()  # publish pending deliveries
         self._again: set[str] = set()  # publish pending and sent deliveries
@@ -150,16 +150,18 @@ class CommandDelivery:
                         await self._school.wait_disconnected()
 
     async def _publish(self, new: set[str], again: set[str], everyone: bool) -> None:
-        now = self._clock()
+        now, elapsed = self._clock.wall(), self._clock.elapsed()
         todo: list[queue.PendingDelivery] = []
         if everyone:
-            todo = await queue.pending_deliveries(self._db, None, now, include_sent=True)
+            todo = await queue.pending_deliveries(self._db, None, now, elapsed, include_sent=True)
         else:
             if again:
-                todo += await queue.pending_deliveries(self._db, again, now, include_sent=True)
+                todo += await queue.pending_deliveries(
+                    self._db, again, now, elapsed, include_sent=True
+                )
             if new - again:
                 todo += await queue.pending_deliveries(
-                    self._db, new - again, now, include_sent=False
+                    self._db, new - again, now, elapsed, include_sent=False
                 )
         todo = [d for d in todo if self._online.get(d.device_id)]
         if not todo:
@@ -186,7 +188,7 @@ class CommandDelivery:
 
     async def run_expiry(self) -> None:
         while True:
-            now = self._clock()
+            now = self._clock.wall()
             await retry_while_unavailable(functools.partial(self._expire_and_prune, now))
             stale = await queue.stale_sent_devices(self._db, now - self._redeliver_after_s)
             online_stale = [d for d in stale if self._online.get(d)]
@@ -194,23 +196,27 @@ class CommandDelivery:
                 self._counters.inc("command_redelivery_wakes", len(online_stale))
                 self._wake(self._again, online_stale)
             timeout = min(IDLE_CHECK_S, self._redeliver_after_s)
-            next_expiry = await queue.next_expiry(self._db)
+            next_expiry = await queue.next_expiry(
+                self._db, self._clock.wall(), self._clock.elapsed()
+            )
             if next_expiry is not None:
-                timeout = min(timeout, max(0.0, next_expiry - self._clock()) + 0.01)
+                timeout = min(timeout, max(0.0, next_expiry) + 0.01)
             self._deadlines_changed.clear()
             with contextlib.suppress(TimeoutError):  # not wait_for: see results.py
                 async with asyncio.timeout(timeout):
                     await self._deadlines_changed.wait()
 
     async def _expire_and_prune(self, now: float) -> None:
+        elapsed = self._clock.elapsed()
         async with self._db.transaction() as conn:
-            expired = await queue.expire_due(conn, now)
+            await self._clock.checkpoint(conn)
+            expired = await queue.expire_due(conn, now, elapsed)
             for t in expired:
                 body = delivery_body(t.command_id, t.device_id, "expired", t.detail, now)
                 await enqueue(conn, "result", body)
             for progress in await queue.progress_of(conn, {t.command_seq for t in expired}):
                 await enqueue(conn, "result", progress.as_body())
-            pruned = await queue.prune(conn, now - self._retention_s)
+            pruned = await queue.prune(conn, now - self._retention_s, elapsed - self._retention_s)
         if expired:
             self._counters.inc("command_deliveries_expired", len(expired))
             log.info("%d command deliveries expired before their tablet came online", len(expired))

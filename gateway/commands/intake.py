@@ -25,13 +25,13 @@ import binascii
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.broker.link import Inbound
 from gateway.commands import queue
+from gateway.commands.clock import BoxClock
 from gateway.commands.envelope import COMMAND_ID, Command, VerifyPolicy, open_envelope
 from gateway.commands.progress import rejection_body
 from gateway.errors import RejectedInput
@@ -73,7 +73,7 @@ class CommandIntake:
         max_unfinished: int,
         on_accepted: AcceptedHandler,
         on_committed: Callable[[], None],
-        clock: Callable[[], float] = time.time,
+        clock: BoxClock | None = None,
     ) -> None:
         self._db = db
         self._counters = counters
@@ -83,7 +83,7 @@ class CommandIntake:
         self._max_unfinished = max_unfinished
         self._on_accepted = on_accepted
         self._on_committed = on_committed
-        self._clock = clock
+        self._clock = clock or BoxClock()
         self._seen: dict[str, str] = {}
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=QUEUE_LIMIT)
 
@@ -109,7 +109,7 @@ class CommandIntake:
 
     async def _take(self, message: Inbound) -> None:
         self._counters.inc("command_envelopes_received")
-        now = self._clock()
+        now = self._clock.wall()
         try:
             command = open_envelope(
                 message.payload,
@@ -141,7 +141,9 @@ class CommandIntake:
                 await enqueue(conn, "rejection", self._rejection(message, _full(unfinished), now))
                 return unfinished, None
             devices = await queue.resolve_targets(conn, command.targets)
-            seq = await queue.insert_command(conn, command, devices, now)
+            deadline = self._clock.deadline(command.not_after, now)
+            seq = await queue.insert_command(conn, command, devices, now, deadline)
+            await self._clock.checkpoint(conn)
             for progress in await queue.progress_of(conn, [seq]):
                 await enqueue(conn, "result", progress.as_body())
         return unfinished, devices

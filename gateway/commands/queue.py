@@ -82,12 +82,20 @@ async def resolve_targets(conn: aiosqlite.Connection, targets: Targets) -> list[
 
 
 async def insert_command(
-    conn: aiosqlite.Connection, command: Command, devices: Sequence[str], now: float
+    conn: aiosqlite.Connection,
+    command: Command,
+    devices: Sequence[str],
+    now: float,
+    elapsed_deadline: float,
 ) -> int:
-    """Store the command and one pending delivery per device; return its sequence."""
+    """Store the command and one pending delivery per device; return its sequence.
+
+    ``elapsed_deadline``: its not_after on the box's elapsed time (gateway.commands.clock).
+    """
     cursor = await conn.execute(
         "INSERT INTO commands (command_id, key_id, action, issued_at, not_after, targets, "
-        "payload, signature, payload_sha256, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "payload, signature, payload_sha256, accepted_at, elapsed_deadline) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             command.command_id,
             command.key_id,
@@ -99,6 +107,7 @@ async def insert_command(
             command.signature,
             command.payload_sha256,
             now,
+            elapsed_deadline,
         ),
     )
     seq = cursor.lastrowid
@@ -114,21 +123,28 @@ async def insert_command(
 _PENDING_SELECT = (
     "SELECT d.device_id, c.seq, c.command_id, c.key_id, c.payload, c.signature "
     "FROM deliveries d JOIN commands c ON c.seq = d.command_seq "
-    "WHERE d.state IN ({states}) AND c.not_after > ?"
+    "WHERE d.state IN ({states}) AND (c.not_after > ? OR c.elapsed_deadline > ?)"
 )
 
 
 async def pending_deliveries(
-    db: Database, devices: Collection[str] | None, now: float, *, include_sent: bool
+    db: Database,
+    devices: Collection[str] | None,
+    now: float,
+    elapsed: float,
+    *,
+    include_sent: bool,
 ) -> list[PendingDelivery]:
     """Unexpired deliveries waiting for ``devices`` (None: every device), in order.
 
-    Without ``include_sent`` only deliveries never published are returned.
+    Unexpired: the wall clock (``now``) or the elapsed clock (``elapsed``)
+    says the command still lives. Without ``include_sent`` only deliveries
+    never published are returned.
     """
     select = _PENDING_SELECT.format(states=_TO_PUBLISH_SQL if include_sent else "'pending'")
     rows: list[Any] = []
     if devices is None:
-        rows = await db.fetch_all(f"{select} ORDER BY d.device_id, c.seq", (now,))
+        rows = await db.fetch_all(f"{select} ORDER BY d.device_id, c.seq", (now, elapsed))
     else:
         wanted = sorted(devices)
         for start in range(0, len(wanted), _IN_CHUNK):
@@ -136,7 +152,7 @@ async def pending_deliveries(
             marks = ", ".join("?" * len(chunk))
             rows += await db.fetch_all(
                 f"{select} AND d.device_id IN ({marks}) ORDER BY d.device_id, c.seq",
-                (now, *chunk),
+                (now, elapsed, *chunk),
             )
     return [PendingDelivery(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5])) for r in rows]
 
@@ -192,14 +208,14 @@ async def apply_results(
     return changed, unknown
 
 
-async def expire_due(conn: aiosqlite.Connection, now: float) -> list[Transition]:
-    """Close every unconfirmed delivery whose command's not_after has passed."""
+async def expire_due(conn: aiosqlite.Connection, now: float, elapsed: float) -> list[Transition]:
+    """Close every unconfirmed delivery whose command's life is over on BOTH clocks."""
     rows = await _rows(
         conn,
         "SELECT c.seq, c.command_id, d.device_id FROM deliveries d "
         "JOIN commands c ON c.seq = d.command_seq "
-        f"WHERE d.state IN ({_TO_PUBLISH_SQL}) AND c.not_after <= ?",
-        (now,),
+        f"WHERE d.state IN ({_TO_PUBLISH_SQL}) AND c.not_after <= ? AND c.elapsed_deadline <= ?",
+        (now, elapsed),
     )
     await conn.executemany(
         "UPDATE deliveries SET state = 'expired', detail = 'not_after passed', updated = ? "
@@ -209,27 +225,34 @@ async def expire_due(conn: aiosqlite.Connection, now: float) -> list[Transition]
     return [Transition(row[0], row[1], row[2], "expired", "not_after passed") for row in rows]
 
 
-async def next_expiry(db: Database) -> float | None:
-    """The earliest not_after among commands with deliveries still to publish."""
+async def next_expiry(db: Database, now: float, elapsed: float) -> float | None:
+    """Seconds until the next command with deliveries still to publish expires (both clocks)."""
     row = await db.fetch_one(
-        "SELECT min(c.not_after) FROM commands c WHERE EXISTS (SELECT 1 FROM deliveries d "
-        f"WHERE d.command_seq = c.seq AND d.state IN ({_TO_PUBLISH_SQL}))"
+        "SELECT min(max(c.not_after - ?, c.elapsed_deadline - ?)) FROM commands c "
+        "WHERE EXISTS (SELECT 1 FROM deliveries d "
+        f"WHERE d.command_seq = c.seq AND d.state IN ({_TO_PUBLISH_SQL}))",
+        (now, elapsed),
     )
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def prune(conn: aiosqlite.Connection, expired_before: float) -> list[str]:
-    """Forget finished commands whose not_after is older than ``expired_before``.
+async def prune(
+    conn: aiosqlite.Connection, expired_before: float, elapsed_before: float
+) -> list[str]:
+    """Forget finished commands past their life by ``retention`` on BOTH clocks.
 
-    Safe for replay protection: an envelope with a not_after in the past is
-    rejected as expired before its id is looked up.
+    ``expired_before`` is a wall time, ``elapsed_before`` an elapsed time
+    (gateway.commands.clock). Safe for replay protection: an envelope with a
+    not_after in the past is rejected as expired before its id is looked up,
+    and an id is kept until both clocks agree its not_after is long past, so
+    a wall clock that jumped ahead and came back cannot open a replay.
     """
     rows = await _rows(
         conn,
-        "SELECT seq, command_id FROM commands c WHERE not_after < ? AND NOT EXISTS "
-        "(SELECT 1 FROM deliveries d WHERE d.command_seq = c.seq "
+        "SELECT seq, command_id FROM commands c WHERE not_after < ? AND elapsed_deadline < ? "
+        "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.command_seq = c.seq "
         f"AND d.state IN ({_UNFINISHED_SQL}))",
-        (expired_before,),
+        (expired_before, elapsed_before),
     )
     await conn.executemany("DELETE FROM commands WHERE seq = ?", [(row[0],) for row in rows])
     return [row[1] for row in rows]

@@ -34,8 +34,15 @@ MAX_LINES = 50_000
 class GatewayProcess:
     """``python -m gateway run --config <file>`` with its log in the state directory."""
 
-    def __init__(self, table: dict[str, dict[str, Any]], workdir: Path) -> None:
+    def __init__(
+        self,
+        table: dict[str, dict[str, Any]],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: extra environment for the process (e.g. libfaketime's, to move its clock)."""
         self.table = table
+        self.env = env or {}
         self.workdir = workdir
         self.state_dir = Path(table["gateway"]["state_dir"])
         self.http_port = int(table["http"]["port"])
@@ -72,7 +79,12 @@ class GatewayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(SOURCE_ROOT)},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(SOURCE_ROOT),
+                **self.env,
+            },
         )
         self.starts += 1
         self._reader = asyncio.create_task(self._keep_output(process), name="gateway-output")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, load_config
+from gateway.config import Config, add_config_argument, load_config
 from gateway.security import registry
 from gateway.security.broker_files import load_identity
 from gateway.security.enrollment import enrollment_url
@@ -33,7 +33,6 @@ from gateway.store.database import DATABASE_FILE, Database
 def register(commands: Any, default_config: Path) -> None:
     """Add ``enroll`` and its subcommands to the top-level parser's subparsers."""
     enroll = commands.add_parser("enroll", help="enroll, list and revoke tablets")
-    enroll.add_argument("--config", type=Path, default=default_config)
     actions = enroll.add_subparsers(dest="enroll_command", required=True, metavar="ACTION")
 
     new = actions.add_parser("new", help="make a one-time enrollment token")
@@ -48,6 +47,7 @@ def register(commands: Any, default_config: Path) -> None:
     revoke = actions.add_parser("revoke", help="revoke a tablet and close its session")
     revoke.add_argument("device_id")
     revoke.set_defaults(handler=_cmd_revoke)
+    add_config_argument(enroll, new, listing, revoke)
 
 
 def _advertised_host(config: Config) -> str:
@@ -107,7 +107,11 @@ async def _list(args: argparse.Namespace) -> int:
 
     print(f"{len(tablets)} enrolled tablets")
     for t in tablets:
-        state = f"REVOKED {day(t.revoked)}" if t.revoked is not None else "active"
+        state = "active"
+        if t.revoked is not None:
+            state = f"REVOKED {day(t.revoked)}"
+        if t.revocation_pending:
+            state += " PENDING: the broker has not reloaded; run `enroll revoke` again"
         print(f"  {t.device_id:<24} {t.group or '-':<12} enrolled {day(t.enrolled)}  {state}")
     return 0
 
@@ -121,8 +125,16 @@ async def _revoke(args: argparse.Namespace) -> int:
     finally:
         await db.close()
     print(f"revoked {result.device_id} (certificate serial {result.serial:x})")
-    print(f"  broker reloaded the CRL and ACL: {'yes' if result.broker_reloaded else 'NO'}")
+    reloaded = "yes" if result.broker_reloaded else "NO"
+    if result.reload_error:
+        reloaded += f" ({result.reload_error})"
+    print(f"  broker reloaded the CRL and ACL: {reloaded}")
     print(f"  tablet session closed: {'yes' if result.session_closed else 'NO'}")
+    if not result.broker_reloaded:
+        print(
+            "  PENDING: the tablet can still connect until the broker reloads; fix the "
+            "reload (school_broker.reload_command) and run this command again"
+        )
     return 0 if result.broker_reloaded and result.session_closed else 1
 
 

@@ -35,6 +35,12 @@ class TabletIdentity:
     enrolled: float
     not_after: float
     revoked: float | None
+    revoke_confirmed: float | None = None  # when the broker was seen to enforce it
+
+    @property
+    def revocation_pending(self) -> bool:
+        """Revoked in the store, but the broker was not seen to re-read its CRL and ACL."""
+        return self.revoked is not None and self.revoke_confirmed is None
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,20 @@ async def redeem(
 
 async def list_tablets(db: Database) -> list[TabletIdentity]:
     rows = await db.fetch_all(
-        "SELECT device_id, serial, group_name, enrolled, not_after, revoked "
+        "SELECT device_id, serial, group_name, enrolled, not_after, revoked, revoke_confirmed "
         "FROM tablet_identity ORDER BY device_id"
     )
-    return [TabletIdentity(r[0], int(r[1], 16), r[2], r[3], r[4], r[5]) for r in rows]
+    return [TabletIdentity(r[0], int(r[1], 16), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+
+async def confirm_revocations(db: Database, reloaded_at: float) -> None:
+    """The broker re-read the CRL and ACL at ``reloaded_at``: every revocation written
+    before then is in force."""
+    await db.execute(
+        "UPDATE tablet_identity SET revoke_confirmed = ? "
+        "WHERE revoked IS NOT NULL AND revoke_confirmed IS NULL AND revoked <= ?",
+        (reloaded_at, reloaded_at),
+    )
 
 
 async def revoke(db: Database, device_id: str, now: float) -> TabletIdentity:

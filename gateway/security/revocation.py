@@ -10,7 +10,9 @@ Steps, each for a reason found in Mosquitto 2.0.11's behaviour:
    at once to connections already open).
 4. The gateway waits until the reload really happened: with the revocation it
    also revoked a throwaway *probe* certificate, and polls until a
-   connection with the probe is refused.
+   connection with the probe is refused. Only then is the revocation marked
+   confirmed in the store; until then ``enroll list`` shows it PENDING, and
+   running ``enroll revoke`` again retries (it is idempotent).
 5. It closes the tablet's session by taking over its client id on the
    gateway's loopback listener (client ids are free there) with a clean
    session: the broker drops the tablet's connection, sends its last will and
@@ -33,6 +35,7 @@ from pathlib import Path
 import aiomqtt
 
 from gateway.config import Config
+from gateway.errors import SecurityError
 from gateway.security import pki, registry
 from gateway.security.broker_files import reload_broker, write_broker_files
 from gateway.security.identity import Identity, PkiPaths
@@ -54,6 +57,7 @@ class Revocation:
     serial: int
     broker_reloaded: bool
     session_closed: bool
+    reload_error: str | None = None  # why the broker could not be reloaded
 
 
 async def revoke_tablet(
@@ -66,18 +70,25 @@ async def revoke_tablet(
     await registry.add_revoked_serial(db, probe.serial, now)
     await write_broker_files(config, identity, db)
     log.info("revoked tablet %s (certificate serial %x)", device_id, tablet.serial)
+    error: str | None = None
     try:
         await reload_broker(config)
         reloaded = await _wait_until_probe_refused(config, probe, within_s)
+    except SecurityError as exc:
+        error, reloaded = str(exc), False
     finally:
         probe.remove()
     if not reloaded:
         log.error(
-            "the school broker did not reload within %.0f s: %s stays able to reconnect "
-            "until it does (its topics are denied from the reload on)",
-            within_s,
+            "revocation of %s PENDING: the school broker did not reload within %.0f s%s; "
+            "the tablet can still connect and publish until it does",
             device_id,
+            within_s,
+            f" ({error})" if error else "",
         )
+        # Closing the session now would only make the tablet reconnect.
+        return Revocation(device_id, tablet.serial, False, False, error)
+    await registry.confirm_revocations(db, now)
     closed = await close_session(config, device_id)
     return Revocation(device_id, tablet.serial, reloaded, closed)
 

@@ -38,20 +38,42 @@ def school_broker_context(config: Config) -> ssl.SSLContext | None:
     return client_context(paths.ca_cert, paths.gateway_school_cert, paths.gateway_key)
 
 
+def academy_client_cert(config: Config) -> Path:
+    """Where the gateway's academy-signed certificate is (``academy_broker.cert_file``)."""
+    cert_file = config.academy_broker.cert_file
+    return (
+        Path(cert_file)
+        if cert_file
+        else PkiPaths.under(config.gateway.state_dir).academy_client_cert
+    )
+
+
+def missing_academy_cert(config: Config) -> str | None:
+    """Why the uplink cannot connect yet (its client certificate is missing), or None.
+
+    The academy broker requires the certificate (mTLS): connecting without it
+    only fails in the TLS handshake, with errors that do not name the cause.
+    """
+    if not config.academy_broker.ca_file:
+        return None
+    cert = academy_client_cert(config)
+    if cert.exists():
+        return None
+    csr = PkiPaths.under(config.gateway.state_dir).gateway_csr
+    return f"no academy client certificate: have the academy sign {csr} and install it as {cert}"
+
+
 def academy_context(config: Config) -> ssl.SSLContext | None:
-    """mTLS to the academy, its CA pinned; None (plain MQTT) when no CA is configured."""
+    """mTLS to the academy, its CA pinned; None (plain MQTT) when no CA is configured.
+
+    SecurityError when the client certificate is missing (:func:`missing_academy_cert`).
+    """
     academy = config.academy_broker
     if not academy.ca_file:
         log.warning("academy_broker.ca_file is empty: the uplink is NOT encrypted (development)")
         return None
+    missing = missing_academy_cert(config)
+    if missing is not None:
+        raise SecurityError(missing)
     paths = PkiPaths.under(config.gateway.state_dir)
-    cert = Path(academy.cert_file) if academy.cert_file else paths.academy_client_cert
-    if not cert.exists():
-        log.error(
-            "academy client certificate %s is missing: have the academy sign %s; "
-            "connecting without a client certificate until then",
-            cert,
-            paths.gateway_csr,
-        )
-        return client_context(Path(academy.ca_file), None, paths.gateway_key)
-    return client_context(Path(academy.ca_file), cert, paths.gateway_key)
+    return client_context(Path(academy.ca_file), academy_client_cert(config), paths.gateway_key)

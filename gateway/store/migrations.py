@@ -4,7 +4,8 @@
 an older version upgrades in place. Never edit a shipped migration: add one,
 numbered one above the highest, so every database walks the same sequence:
 1 shadow and meta, 2 outbox, 3 pending state on the shadow, 4 commands and
-deliveries, 5 cache index, 6 enrollment and tablet identities.
+deliveries, 5 cache index, 6 enrollment and tablet identities, ...,
+9 revocations confirmed by the broker.
 """
 
 from __future__ import annotations
@@ -163,5 +164,18 @@ MIGRATIONS: dict[int, str] = {
     -- The report order (gateway.state.order): seq within an epoch, retired epochs.
     ALTER TABLE shadow ADD COLUMN report_epoch TEXT NOT NULL DEFAULT '';
     ALTER TABLE shadow ADD COLUMN retired_epochs TEXT NOT NULL DEFAULT '[]';
+    """,
+    9: """
+    -- A revocation takes effect when the broker re-reads the CRL and ACL: when that
+    -- was confirmed (NULL while pending). Earlier revocations: a broker restart
+    -- since (every upgrade restarts it) has read them.
+    ALTER TABLE tablet_identity ADD COLUMN revoke_confirmed REAL;
+    UPDATE tablet_identity SET revoke_confirmed = revoked WHERE revoked IS NOT NULL;
+    """,
+    10: """
+    -- Command lifetimes on the box's elapsed time too (gateway.commands.clock):
+    -- commands already stored count as accepted at elapsed time 0.
+    ALTER TABLE commands ADD COLUMN elapsed_deadline REAL NOT NULL DEFAULT 0;
+    UPDATE commands SET elapsed_deadline = max(0, not_after - accepted_at);
     """,
 }
