@@ -549,9 +549,7 @@ class Gateway:
         else:
             parsed = await self._flows.presence.accept(message, topic)
             if isinstance(parsed, Presence):  # presence also drives command delivery
-                self._flows.delivery.presence(
-                    parsed.device_id, parsed.online, retained=message.retain
-                )
+                self._flows.delivery.presence(parsed.device_id, parsed.online)
 
     async def _route_academy_message(self, message: Inbound) -> None:
         school_id = self.config.gateway.school_id

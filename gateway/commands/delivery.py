@@ -92,19 +92,20 @@ class CommandDelivery:
         for row in rows:
             self._online.setdefault(row[0], True)
 
-    def presence(self, device_id: str, online: bool, *, retained: bool = False) -> None:
+    def presence(self, device_id: str, online: bool) -> None:
         """A tablet's birth or last will arrived (called as it arrives, before storage).
 
-        Every live birth wakes the tablet: a tablet that (re)connects, even
-        without a last will in between (its second connection replaced the
-        first at the broker), gets again what it has not answered, now rather
-        than after ``redeliver_after_s``. A *retained* birth (the copy every
-        subscribe of the school link brings again) wakes it only if it was
-        offline: the full sweep after each connect of the link covers the rest.
+        Every birth wakes the tablet: a tablet that (re)connects, even without
+        a last will in between (its second connection replaced the first at
+        the broker), gets again what it has not answered, now rather than
+        after ``redeliver_after_s``. The retained births each subscribe of the
+        link brings again cannot be told apart (the link subscribes with
+        Retain As Published), so they wake their tablets too: the same
+        deliveries the sweep after a reconnect publishes, which tablets
+        deduplicate by command id.
         """
-        was_online = self._online.get(device_id, False)
         self._online[device_id] = online
-        if online and not (retained and was_online):
+        if online:
             self._counters.inc("command_birth_wakes")
             self._wake(self._again, [device_id])
 
