@@ -175,6 +175,24 @@ class TechniciansSection:
 
 
 @dataclass(frozen=True)
+class ConsoleSection:
+    """The school's own web console on the HTTP port (gateway/school_console)."""
+
+    enabled: bool = True
+    # True when the console is reached through TLS: cookies then never travel in clear.
+    secure_cookies: bool = False
+    session_lifetime_s: float = field(default=12 * 3600.0, metadata={"min": 60})
+    # The first IT-contact account: from provisioning (an scrypt hash, see
+    # docs/operations.md), else a one-time set-up code shown by `status`.
+    first_it_contact: str = field(
+        default="informatique", metadata={"pattern": r"^[a-z0-9._-]{2,40}$"}
+    )
+    first_it_password_hash: str = ""
+    # Folders a USB stick may be imported from (the page refuses any other path).
+    import_roots: tuple[str, ...] = ("/media", "/mnt")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one field per TOML table."""
 
@@ -189,6 +207,7 @@ class Config:
     enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
     technicians: TechniciansSection = field(default_factory=TechniciansSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
 
 

@@ -39,6 +39,7 @@ class TestDaemonAndStatus:
 
             async def live_status() -> dict:
                 result = await run_cli("status", "--config", str(config), "--json")
+                assert result.stdout, result.stderr
                 return json.loads(result.stdout)
 
             status: dict = {}
@@ -55,6 +56,9 @@ class TestDaemonAndStatus:
             human = await run_cli("status", "--config", str(config))
             assert "gateway gw-test (school school-test)" in human.stdout
             assert "brokers: school connected, academy connected" in human.stdout
+            # No IT contact yet: the console's one-time set-up code, shown only here.
+            code = (tmp_path / "state" / "console-setup-code").read_text().strip()
+            assert f"console set-up code: {code[:4]}-{code[4:8]}-{code[8:]}" in human.stdout
         finally:
             daemon.send_signal(signal.SIGTERM)
             out, _ = await asyncio.wait_for(daemon.communicate(), 20)
