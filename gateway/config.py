@@ -338,3 +338,20 @@ def _check_range(spec: dataclasses.Field[Any], value: Any, *, key: str, source: 
     pattern = spec.metadata.get("pattern")
     if pattern is not None and not re.fullmatch(pattern, value):
         raise ConfigError(f"{source}: {key} must match {pattern}, got {value!r}")
+
+
+def build_dataclass(cls: type[_T], table: dict[str, Any], *, source: Path) -> _T:
+    """Build any config dataclass tree with the same rules (the academy's config uses it)."""
+    return _build(cls, table, prefix="", source=source)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a table, or ConfigError naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc

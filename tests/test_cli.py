@@ -99,6 +99,10 @@ class TestDemo:
         assert summary["tablets"] == 5
         assert summary["state_reports_received"] >= 5
         assert summary["state_relayed_upstream"] >= 5
+        # Three gateways (the demo's own and two more schools) reached the academy's store.
+        assert summary["academy_schools"] == 3
+        assert summary["academy_tablets"] >= 5
+        assert "demo: academy console http://127.0.0.1:" in result.stdout
 
     async def test_ctrl_c_stops_cleanly_with_a_summary(self):
         process = await asyncio.create_subprocess_exec(

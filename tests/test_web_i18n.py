@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1] / "gateway"
 CATALOGUES = [
     (ROOT / "web", CatalogueSource(ROOT / "web" / "locale", "web")),
     (
+        ROOT / "academy" / "console",
+        CatalogueSource(ROOT / "academy" / "console" / "locale", "academy"),
+    ),
+    (
         ROOT / "school_console",
         CatalogueSource(ROOT / "school_console" / "locale", "school_console"),
     ),
