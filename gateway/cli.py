@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_enroll(commands, DEFAULT_CONFIG)
 
+    from gateway.security.escrow_cli import register as register_escrow
+
+    register_escrow(commands)
+
     from gateway.demo import add_demo_arguments
 
     demo = commands.add_parser("demo", help="run everything on loopback and show what flows")
