@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,17 @@ async def stored_status(state_dir: Path, reason: str) -> dict[str, Any]:
     if not path.exists():
         result["store"] = f"no database at {path}"
         return result
-    db = await Database.open(path)
     try:
-        known, online = await tablet_counts(db)
-        result["commands"] = await command_status(db)
-    finally:
-        await db.close()
+        db = await Database.open(path)
+        try:
+            known, online = await tablet_counts(db)
+            result["commands"] = await command_status(db)
+        finally:
+            await db.close()
+    except (GatewayError, sqlite3.Error) as exc:
+        # e.g. the gateway is creating its store at this very moment
+        result["store"] = f"cannot read {path} now: {exc}"
+        return result
     result["tablets"] = {"known": known, "online": online}
     return result
 
@@ -130,6 +136,8 @@ def render_status(status: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"gateway NOT RUNNING ({status['reason']})")
+        if isinstance(status.get("store"), str):
+            lines.append(f"store: {status['store']}")
     if "tablets" in status:
         t = status["tablets"]
         if running:
