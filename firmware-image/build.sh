@@ -123,8 +123,8 @@ fi
 gateway_wheel="$(ls "$wheels"/*.whl | head -n1)"
 # Each dependency (and its own) as a wheel for the target, pure or
 # manylinux; pip in the image installs only those that bookworm's packages
-# do not satisfy. A dependency without such a wheel (netifaces) must come
-# from Debian: packages.txt lists it.
+# do not satisfy. A dependency without such a wheel would have to come
+# from Debian (packages.txt); today every one has one (netifaces-plus too).
 requirements="$(python3 - "$gateway_wheel" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as wheel:

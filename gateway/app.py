@@ -1,10 +1,15 @@
 """The gateway daemon: wires the flows together under one TaskGroup.
 
-Services (each a named task): the school broker link, the academy broker
-link, state ingest, the outbox drain, the summary maker, the command flow
-(intake of academy envelopes, delivery to tablets, expiry, tablet results),
-the update cache and the LAN HTTP server. ``stop()`` shuts down in order:
-publish offline status on both brokers, cancel the services, close the store.
+``run()`` builds the parts in an order where each needs only what came
+before it: the box's identity (keys and certificates, made at first start),
+the two broker links with their TLS contexts, the store, then the flows
+(:class:`Flows`): the outbox drain, state ingest and summaries, the command
+flow (delivery, intake, results), the update cache. Every part that commits
+rows for the academy wakes the drain (``drain.notify``); the links hand each
+message to ``_route_school_message`` / ``_route_academy_message``, which
+parse the topic once and pass what they parsed on. Services (each a named task):
+see ``_services``. ``stop()`` shuts down in order: publish offline status on
+both brokers, cancel the services, close the store.
 """
 
 from __future__ import annotations
@@ -16,21 +21,24 @@ import json
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from gateway import __version__, topics
 from gateway.appliance.discovery import announce_until_cancelled, gateway_properties
 from gateway.appliance.notify import notify, run_watchdog, watchdog_interval
-from gateway.broker.link import Announcement, BrokerLink, Inbound, LinkSettings
+from gateway.broker.limits import academy_packet_limit, school_packet_limit
+from gateway.broker.link import Announcement, BrokerLink, Inbound, InboundHandler, LinkSettings
+from gateway.cache.manifest import MAX_MANIFEST_BYTES
 from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
 from gateway.commands.clock import BoxClock
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
-from gateway.commands.intake import CommandIntake
+from gateway.commands.intake import AcceptedCommands, CommandIntake
 from gateway.commands.results import CommandResults
-from gateway.config import Config
+from gateway.config import AcademyBrokerSection, Config, SchoolBrokerSection
 from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
 from gateway.health.metrics import render_metrics
@@ -42,15 +50,17 @@ from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.escrow import EscrowPublisher, public_key_from_config
+from gateway.security.identity import Identity
 from gateway.security.tls import academy_context, missing_academy_cert, school_broker_context
+from gateway.serving import serve_until_cancelled
 from gateway.signed import load_public_keys
-from gateway.state.ingest import StateIngest
-from gateway.state.report import parse_presence
+from gateway.state.ingest import BATCH_SIZE, StateIngest
+from gateway.state.report import Presence
 from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
 from gateway.state.summary_maker import SummaryMaker
 from gateway.store.database import DATABASE_FILE, Database
-from gateway.web.server import build_app, serve_until_cancelled
+from gateway.web.server import build_app
 
 log = logging.getLogger(__name__)
 
@@ -65,61 +75,42 @@ def _presence(online: bool, gateway_id: str, store: dict[str, Any] | None = None
     return json.dumps(body).encode()
 
 
+@dataclass(frozen=True)
+class Flows:
+    """The parts that work on the store, built once it is open."""
+
+    drain: OutboxDrain
+    ingest: StateIngest
+    summaries: SummaryMaker
+    delivery: CommandDelivery
+    intake: CommandIntake
+    results: CommandResults
+    cache: CacheService
+
+
 class Gateway:
-    """One gateway process: construct with a Config, then ``await run()``."""
+    """One gateway process: construct with a Config, then ``await run()``.
+
+    ``school_link``, ``academy_link`` and ``cache`` exist once ``run()`` has
+    built them (the links need the identity for TLS, the cache the store).
+    """
+
+    school_link: BrokerLink
+    academy_link: BrokerLink
+    cache: CacheService
+    _flows: Flows
 
     def __init__(self, config: Config, counters: Counters | None = None) -> None:
         self.config = config
         self.counters = counters or Counters()
         self.ready = asyncio.Event()
+        self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
+        # Parsed once: they sign both commands and cache manifests.
+        self._academy_keys = load_public_keys(config.commands.academy_keys)
         self._stop_requested = asyncio.Event()
+        self._http_started = asyncio.Event()
         self._started_at = time.monotonic()
         self._db: Database | None = None
-        g = config.gateway
-        self.school_link = BrokerLink(
-            LinkSettings(
-                name="school",
-                host=config.school_broker.host,
-                port=config.school_broker.port,
-                client_id=f"gateway-{g.gateway_id}",
-                keepalive_s=config.school_broker.keepalive_s,
-                birth=Announcement(topics.GATEWAY_STATUS, _presence(True, g.gateway_id)),
-                will=Announcement(topics.GATEWAY_STATUS, _presence(False, g.gateway_id)),
-                subscriptions=(
-                    (topics.TABLET_STATE_FILTER, 1),
-                    (topics.TABLET_STATUS_FILTER, 1),
-                    (topics.TABLET_RESULTS_FILTER, 1),
-                ),
-                backoff_cap_s=5.0,
-            ),
-            self.counters,
-            on_message=self._route_school_message,
-        )
-        status_topic = topics.academy_gateway_status(g.school_id, g.gateway_id)
-        self.academy_link = BrokerLink(
-            LinkSettings(
-                name="academy",
-                host=config.academy_broker.host,
-                port=config.academy_broker.port,
-                client_id=f"{g.school_id}-{g.gateway_id}",
-                keepalive_s=config.academy_broker.keepalive_s,
-                birth=Announcement(status_topic, _presence(True, g.gateway_id)),
-                will=Announcement(status_topic, _presence(False, g.gateway_id)),
-                subscriptions=(
-                    (topics.academy_commands(g.school_id), 1),
-                    (topics.academy_manifest(g.school_id), 1),
-                ),
-            ),
-            self.counters,
-            on_message=self._route_academy_message,
-        )
-        self._academy_keys = load_public_keys(config.commands.academy_keys)
-        self._ingest: StateIngest | None = None
-        self.cache: CacheService | None = None
-        self._intake: CommandIntake | None = None
-        self._delivery: CommandDelivery | None = None
-        self._results: CommandResults | None = None
-        self.outbox_budget = OutboxBudget(config.uplink.outbox_budget_bytes, self.counters)
         # When the uplink went down (None while connected), and why it cannot connect.
         self._uplink_down_since: float | None = time.time()
         self._uplink_problem: str | None = None
@@ -134,131 +125,219 @@ class Gateway:
         admin_token = load_or_create_admin_token(g.state_dir)
         # Keys and certificates: made at first start, refused if others can read them.
         identity = load_identity(self.config)
-        secure = not self.config.school_broker.lab_plain_listener
-        self.school_link.settings = dataclasses.replace(
-            self.school_link.settings, tls=school_broker_context(self.config)
-        )
+        self.school_link, self.academy_link = self._links()
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
         outbox.track_peak(db)
         try:
-            await write_broker_files(self.config, identity, db)
-            if identity.server_reissued and secure:
-                try:
-                    await reload_broker(self.config)
-                except GatewayError as exc:
-                    log.error("new server certificate not loaded by the broker yet: %s", exc)
-            uplink, tablets = self.config.uplink, self.config.tablets
-            drain = OutboxDrain(
-                db,
-                self.academy_link,
-                self.counters,
-                school_id=g.school_id,
-                gateway_id=g.gateway_id,
-                max_bytes_per_s=uplink.max_bytes_per_s,
-                batch_max_bytes=uplink.batch_max_bytes,
-            )
-            self._ingest = StateIngest(
-                db,
-                self.counters,
-                self.school_link.ack_all,
-                max_report_bytes=tablets.max_report_bytes,
-                budget=self.outbox_budget,
-                on_stored=lambda _reports: drain.notify(),
-            )
-            self.cache = cache = CacheService(self.config, db, self.counters)
-            await cache.open()
-            box_clock = BoxClock()  # expiry and replay across wall-clock jumps
-            await box_clock.load(db)
-            self._delivery = delivery = CommandDelivery(
-                db,
-                self.school_link,
-                self.counters,
-                redeliver_after_s=self.config.commands.redeliver_after_s,
-                retention_s=self.config.commands.retention_s,
-                on_committed=drain.notify,
-                on_pruned=lambda ids: intake.forget(ids),  # noqa: PLW0108 (intake comes next)
-                clock=box_clock,
-            )
-            c = self.config.commands
-            self._intake = intake = CommandIntake(
-                db,
-                self.counters,
-                self.academy_link.ack,
-                keys=self._academy_keys,
-                policy=VerifyPolicy(
-                    school_id=g.school_id,
-                    max_envelope_bytes=c.max_envelope_bytes,
-                    clock_skew_s=c.clock_skew_s,
-                    max_ttl_s=c.max_ttl_s,
-                ),
-                max_unfinished=c.max_unfinished_commands,
-                on_accepted=delivery.command_accepted,
-                clock=box_clock,
-                on_committed=drain.notify,
-            )
-            self._results = results = CommandResults(
-                db, self.counters, self.school_link.ack, on_committed=drain.notify
-            )
-            await intake.load()
-            await delivery.load()
-            summaries = SummaryMaker(
-                db,
-                self.outbox_budget,
-                self.counters,
-                interval_s=uplink.summary_interval_s,
-                rules=SummaryRules(
-                    low_battery_pct=tablets.low_battery_pct,
-                    low_storage_mb=tablets.low_storage_mb,
-                    required_apps=tablets.required_apps,
-                ),
-                health=lambda: collect_box_health(g.state_dir).as_dict(),
-                extra=self._summary_sections,
-                on_enqueued=drain.notify,
-            )
-            http_started = asyncio.Event()
-            web_app = build_app(self.status, admin_token, cache, metrics=self.metrics)
-            services: dict[str, Coroutine[Any, Any, None]] = {
-                "school-broker": self.school_link.run(),
-                "academy-broker": self._run_academy_link(),
-                "uplink-watch": self._watch_uplink(),
-                "state-ingest": self._ingest.run(),
-                "outbox-drain": drain.run(),
-                "cache": cache.run(),
-                "command-intake": intake.run(),
-                "command-delivery": delivery.run_publisher(),
-                "command-expiry": delivery.run_expiry(),
-                "command-results": results.run(),
-                "summaries": summaries.run(),
-                "store-health": self._report_store_health(db),
-                "http": serve_until_cancelled(
-                    web_app, self.config.http.host, self.config.http.port, http_started
-                ),
-            }
-            if secure:
-                endpoint = EnrollmentEndpoint(self.config, identity, db, self.counters)
-                services["enrollment"] = serve_enrollment(endpoint)
-            escrow = self._escrow_publisher(db)
-            if escrow is not None:
-                services["identity-escrow"] = escrow.run()
-            if self.config.discovery.enabled:
-                announcement = self._announcement()
-                if announcement is not None:
-                    services["mdns"] = announcement
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(coro, name=name) for name, coro in services.items()]
-                group.create_task(self._stop_when_asked(tasks), name="shutdown")
-                await http_started.wait()
-                await cache.running.wait()
-                self.ready.set()
-                notify("READY=1")
-                interval = watchdog_interval()
-                if interval is not None:
-                    tasks.append(group.create_task(run_watchdog(interval), name="systemd-watchdog"))
-                log.info("gateway %s of school %s is up", g.gateway_id, g.school_id)
+            await self._prepare_school_broker(identity, db)
+            self._flows = flows = await self._build_flows(db)
+            self.cache = flows.cache
+            services = self._services(flows, identity, db, admin_token)
+            await self._serve(services, flows)
         finally:
             await db.close()
             self._db = None
             log.info("gateway stopped")
+
+    def _links(self) -> tuple[BrokerLink, BrokerLink]:
+        """The school and academy broker links, TLS included.
+
+        Only when the academy client certificate is not installed yet does the
+        academy link get its TLS context later, as it starts (_run_academy_link).
+        """
+        g = self.config.gateway
+        school_link = self._link(
+            "school",
+            self.config.school_broker,
+            client_id=f"gateway-{g.gateway_id}",
+            status_topic=topics.GATEWAY_STATUS,
+            subscriptions=(
+                (topics.TABLET_STATE_FILTER, 1),
+                (topics.TABLET_STATUS_FILTER, 1),
+                (topics.TABLET_RESULTS_FILTER, 1),
+            ),
+            on_message=self._route_school_message,
+            tls=school_broker_context(self.config),
+            backoff_cap_s=5.0,
+            receive_max=self.config.school_broker.receive_max,
+            max_packet_size=school_packet_limit(self.config),
+        )
+        academy_link = self._link(
+            "academy",
+            self.config.academy_broker,
+            client_id=f"{g.school_id}-{g.gateway_id}",
+            status_topic=topics.academy_gateway_status(g.school_id, g.gateway_id),
+            subscriptions=(
+                (topics.academy_commands(g.school_id), 1),
+                (topics.academy_manifest(g.school_id), 1),
+            ),
+            on_message=self._route_academy_message,
+            tls=academy_context(self.config) if missing_academy_cert(self.config) is None else None,
+            max_packet_size=academy_packet_limit(self.config, MAX_MANIFEST_BYTES),
+        )
+        return school_link, academy_link
+
+    def _link(
+        self,
+        name: str,
+        broker: SchoolBrokerSection | AcademyBrokerSection,
+        *,
+        client_id: str,
+        status_topic: str,
+        subscriptions: tuple[tuple[str, int], ...],
+        on_message: InboundHandler,
+        **settings: Any,
+    ) -> BrokerLink:
+        """A link that announces this gateway on ``status_topic`` (birth and will)."""
+        gateway_id = self.config.gateway.gateway_id
+        return BrokerLink(
+            LinkSettings(
+                name=name,
+                host=broker.host,
+                port=broker.port,
+                client_id=client_id,
+                keepalive_s=broker.keepalive_s,
+                birth=Announcement(status_topic, _presence(True, gateway_id)),
+                will=Announcement(status_topic, _presence(False, gateway_id)),
+                subscriptions=subscriptions,
+                **settings,
+            ),
+            self.counters,
+            on_message=on_message,
+        )
+
+    async def _prepare_school_broker(self, identity: Identity, db: Database) -> None:
+        """Write the broker's CRL and ACL; have it reload a re-issued server certificate."""
+        await write_broker_files(self.config, identity, db)
+        if identity.server_reissued and not self.config.school_broker.lab_plain_listener:
+            try:
+                await reload_broker(self.config)
+            except GatewayError as exc:
+                log.error("new server certificate not loaded by the broker yet: %s", exc)
+
+    async def _build_flows(self, db: Database) -> Flows:
+        g, uplink, tablets, c = (
+            self.config.gateway,
+            self.config.uplink,
+            self.config.tablets,
+            self.config.commands,
+        )
+        drain = OutboxDrain(
+            db,
+            self.academy_link,
+            self.counters,
+            school_id=g.school_id,
+            gateway_id=g.gateway_id,
+            max_bytes_per_s=uplink.max_bytes_per_s,
+            batch_max_bytes=uplink.batch_max_bytes,
+        )
+        ingest = StateIngest(
+            db,
+            self.counters,
+            self.school_link.ack_all,
+            max_report_bytes=tablets.max_report_bytes,
+            budget=self.outbox_budget,
+            on_committed=drain.notify,
+            # A batch never waits for more than the broker may send unacknowledged.
+            batch_size=min(BATCH_SIZE, self.config.school_broker.receive_max // 2),
+        )
+        cache = CacheService(self.config, db, self.counters, academy_keys=self._academy_keys)
+        await cache.open()
+        accepted = AcceptedCommands()
+        await accepted.load(db)
+        box_clock = BoxClock()  # expiry and replay across wall-clock jumps
+        await box_clock.load(db)
+        delivery = CommandDelivery(
+            db,
+            self.school_link,
+            self.counters,
+            redeliver_after_s=c.redeliver_after_s,
+            retention_s=c.retention_s,
+            on_committed=drain.notify,
+            on_pruned=accepted.forget,
+            clock=box_clock,
+        )
+        await delivery.load()
+        intake = CommandIntake(
+            db,
+            self.counters,
+            self.academy_link.ack,
+            keys=self._academy_keys,
+            policy=VerifyPolicy(
+                school_id=g.school_id,
+                max_envelope_bytes=c.max_envelope_bytes,
+                clock_skew_s=c.clock_skew_s,
+                max_ttl_s=c.max_ttl_s,
+            ),
+            max_unfinished=c.max_unfinished_commands,
+            accepted=accepted,
+            on_accepted=delivery.command_accepted,
+            on_committed=drain.notify,
+            clock=box_clock,
+        )
+        results = CommandResults(db, self.counters, self.school_link.ack, on_committed=drain.notify)
+        summaries = SummaryMaker(
+            db,
+            self.outbox_budget,
+            self.counters,
+            interval_s=uplink.summary_interval_s,
+            rules=SummaryRules(
+                low_battery_pct=tablets.low_battery_pct,
+                low_storage_mb=tablets.low_storage_mb,
+                required_apps=tablets.required_apps,
+            ),
+            health=lambda: collect_box_health(g.state_dir).as_dict(),
+            extra=self._summary_sections,
+            on_committed=drain.notify,
+        )
+        return Flows(drain, ingest, summaries, delivery, intake, results, cache)
+
+    def _services(
+        self, flows: Flows, identity: Identity, db: Database, admin_token: str
+    ) -> dict[str, Coroutine[Any, Any, None]]:
+        """Every long-running task, by name."""
+        http = self.config.http
+        web_app = build_app(self.status, admin_token, flows.cache, metrics=self.metrics)
+        services: dict[str, Coroutine[Any, Any, None]] = {
+            "school-broker": self.school_link.run(),
+            "academy-broker": self._run_academy_link(),
+            "uplink-watch": self._watch_uplink(),
+            "state-ingest": flows.ingest.run(),
+            "outbox-drain": flows.drain.run(),
+            "cache": flows.cache.run(),
+            "command-intake": flows.intake.run(),
+            "command-delivery": flows.delivery.run_publisher(),
+            "command-expiry": flows.delivery.run_expiry(),
+            "command-results": flows.results.run(),
+            "summaries": flows.summaries.run(),
+            "store-health": self._report_store_health(db),
+            "http": serve_until_cancelled(web_app, http.host, http.port, self._http_started),
+        }
+        if not self.config.school_broker.lab_plain_listener:
+            endpoint = EnrollmentEndpoint(self.config, identity, db, self.counters)
+            services["enrollment"] = serve_enrollment(endpoint)
+        escrow = self._escrow_publisher(db)
+        if escrow is not None:
+            services["identity-escrow"] = escrow.run()
+        if self.config.discovery.enabled:
+            announcement = self._announcement()
+            if announcement is not None:
+                services["mdns"] = announcement
+        return services
+
+    async def _serve(self, services: dict[str, Coroutine[Any, Any, None]], flows: Flows) -> None:
+        g = self.config.gateway
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(coro, name=name) for name, coro in services.items()]
+            group.create_task(self._stop_when_asked(tasks), name="shutdown")
+            await self._http_started.wait()
+            await flows.cache.running.wait()
+            self.ready.set()
+            notify("READY=1")
+            interval = watchdog_interval()
+            if interval is not None:
+                tasks.append(group.create_task(run_watchdog(interval), name="systemd-watchdog"))
+            log.info("gateway %s of school %s is up", g.gateway_id, g.school_id)
 
     async def _run_academy_link(self) -> None:
         """The academy link, once its client certificate is there (looked for every 10 s).
@@ -274,9 +353,10 @@ class Gateway:
                 await asyncio.sleep(CERTIFICATE_POLL_S)
             log.info("academy client certificate found: starting the uplink")
             self._uplink_problem = None
-        self.academy_link.settings = dataclasses.replace(
-            self.academy_link.settings, tls=academy_context(self.config)
-        )
+            # The one context that cannot be made up front (_links): made now.
+            self.academy_link.settings = dataclasses.replace(
+                self.academy_link.settings, tls=academy_context(self.config)
+            )
         await self.academy_link.run()
 
     async def _watch_uplink(self) -> None:
@@ -337,8 +417,6 @@ class Gateway:
 
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
-        if self.cache is None:
-            return {}
         return {"cache": summarize_cache(await self.cache.stats())}
 
     def _announcement(self) -> Coroutine[Any, Any, None] | None:
@@ -382,38 +460,31 @@ class Gateway:
         return render_metrics(self.counters, gauges, health)
 
     async def _route_school_message(self, message: Inbound) -> None:
+        """A tablet's message: its topic parsed once, then to the flow of its channel."""
         topic = topics.parse_tablet_topic(message.topic)
-        if topic is not None and topic.channel == "status" and self._delivery and message.payload:
-            # Presence also drives command delivery, as it arrives (the shadow
-            # stores it too, through state ingest below).
-            try:
-                presence = parse_presence(topic.device_id, message.payload)
-            except RejectedInput:
-                pass  # state ingest rejects and counts it
-            else:
-                self._delivery.presence(presence.device_id, presence.online)
-        if topic is not None and topic.channel in ("state", "status") and self._ingest:
-            await self._ingest.accept(message)
-            return
-        if topic is not None and topic.channel == "results" and self._results:
-            await self._results.accept(message)
-            return
-        self.counters.inc("school_messages_ignored")
-        self.school_link.ack(message)
+        if topic is not None and topic.channel in ("state", "status"):
+            parsed = await self._flows.ingest.accept(message, topic)
+            if isinstance(parsed, Presence):  # presence also drives command delivery
+                self._flows.delivery.presence(parsed.device_id, parsed.online)
+        elif topic is not None and topic.channel == "results":
+            await self._flows.results.accept(message)
+        else:
+            self.counters.inc("school_messages_ignored")
+            self.school_link.ack(message)
 
     async def _route_academy_message(self, message: Inbound) -> None:
-        if message.topic == topics.academy_commands(self.config.gateway.school_id) and self._intake:
-            await self._intake.accept(message)
-            return
-        if message.topic == topics.academy_manifest(self.config.gateway.school_id) and self.cache:
+        school_id = self.config.gateway.school_id
+        if message.topic == topics.academy_commands(school_id):
+            await self._flows.intake.accept(message)
+        elif message.topic == topics.academy_manifest(school_id):
             # Applied and stored (committed) before the acknowledgement; a bad one is
             # counted and logged by the cache, and acknowledged: resending cannot fix it.
             with contextlib.suppress(RejectedInput):
                 await self.cache.apply_manifest(message.payload)
             self.academy_link.ack(message)
-            return
-        self.counters.inc("academy_messages_ignored")
-        self.academy_link.ack(message)
+        else:
+            self.counters.inc("academy_messages_ignored")
+            self.academy_link.ack(message)
 
     async def status(self) -> dict[str, Any]:
         """What ``school-gateway status`` and the admin API show."""
@@ -444,7 +515,7 @@ class Gateway:
                 "budget_bytes": self.outbox_budget.budget_bytes,
                 "peak_bytes": await outbox.peak_bytes(self._db) if self._db else 0,
             },
-            "cache": await self.cache.stats() if self.cache and self._db else {},
+            "cache": await self.cache.stats() if self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},
             "counters": self.counters.snapshot(),
         }

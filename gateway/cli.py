@@ -106,6 +106,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args))
 
 
+def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="school broker host")
+    parser.add_argument("--port", type=int, default=1883, help="school broker port")
+    parser.add_argument("--tablets", type=int, default=20, help="how many tablets")
+    parser.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between reports (0 = flat out)"
+    )
+    parser.add_argument("--reports", type=int, default=None, help="stop after N reports each")
+    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    parser.add_argument("--prefix", default="tab", help="device id prefix")
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tablets", type=int, default=20, help="simulated tablets")
+    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between reports")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep state here (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--cut-at", type=float, default=None, help="cut the uplink after S seconds (default: 1/3)"
+    )
+    parser.add_argument(
+        "--cut-for", type=float, default=None, help="for S seconds (default: 1/3 of the run)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -129,10 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_cache(commands, DEFAULT_CONFIG)
 
-    from gateway.sim.run import add_sim_arguments
-
+    # The kit's commands (sim, demo): their options here, their code imported only
+    # when they run, so the daemon never loads the kit (tests/test_layering.py).
     sim = commands.add_parser("sim", help="simulate tablets against a school broker")
-    add_sim_arguments(sim)
+    _add_sim_arguments(sim)
     sim.set_defaults(handler=_cmd_sim)
 
     from gateway.security.cli import register as register_enroll
@@ -143,10 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_escrow(commands)
 
-    from gateway.demo import add_demo_arguments
-
     demo = commands.add_parser("demo", help="run everything on loopback and show what flows")
-    add_demo_arguments(demo)
+    _add_demo_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     from gateway.academy.cli import register as register_academy

@@ -30,10 +30,6 @@ def _port(default: int) -> Any:
     return field(default=default, metadata={"min": 0, "max": 65535})
 
 
-def _positive(default: float) -> Any:
-    return field(default=default, metadata={"min": 0})
-
-
 @dataclass(frozen=True)
 class GatewaySection:
     """Who this box is and where it keeps its state."""
@@ -49,7 +45,10 @@ class SchoolBrokerSection:
 
     host: str = "127.0.0.1"
     port: int = _port(1883)
-    keepalive_s: int = field(default=30, metadata={"min": 5, "max": 3600})
+    keepalive_s: int = field(default=30, metadata={"min": 2, "max": 3600})
+    # MQTT 5 Receive Maximum of the gateway's link: how many tablet messages
+    # the broker may send it unacknowledged (they wait for the store's commit).
+    receive_max: int = field(default=4_000, metadata={"min": 10, "max": 65_535})
     # Per-client limits written into the generated Mosquitto config.
     max_inflight_messages: int = field(default=1000, metadata={"min": 1})
     max_queued_messages: int = field(default=100_000, metadata={"min": 100})

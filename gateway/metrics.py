@@ -67,7 +67,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("presence_updates_stored", "Tablet presence (online/offline) updates stored."),
     _counter(
         "tablet_messages_rejected",
-        "Tablet state/status messages rejected (channel unknown: unexpected topic).",
+        "Tablet state and status messages rejected.",
         "channel",
         "reason",
     ),
@@ -88,7 +88,38 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("broker_connection_errors", "Failed or lost broker connections.", "link"),
     _counter("broker_tls_refused", "Broker connections refused during the TLS handshake.", "link"),
     _counter(
-        "broker_intake_pauses", "Times a link stopped reading while its inbox was full.", "link"
+        "broker_intake_pauses",
+        "Times a link's in-flight window (receive_max) filled: the broker held messages back.",
+        "link",
+    ),
+    _counter(
+        "broker_intake_resumes", "Times acknowledgements opened a full in-flight window.", "link"
+    ),
+    _counter(
+        "broker_receive_max_overruns",
+        "Times a broker sent more unacknowledged messages than the link's receive_max.",
+        "link",
+    ),
+    _counter(
+        "broker_read_pauses",
+        "Times a link stopped reading its socket (more than receive_max messages waiting).",
+        "link",
+    ),
+    _counter(
+        "broker_keepalive_timeouts", "Connections dropped: a ping had no answer in time.", "link"
+    ),
+    _counter(
+        "broker_link_down",
+        "Broker connections that failed or ended, by cause or reason code.",
+        "link",
+        "reason",
+    ),
+    _counter(
+        "broker_refusals",
+        "Publishes (puback) and subscriptions (suback) a broker refused, by reason code.",
+        "link",
+        "packet",
+        "reason",
     ),
     # Commands: academy -> tablets.
     _counter("command_envelopes_received", "Command envelopes received from the academy."),
@@ -129,6 +160,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_hash_mismatches", "Downloads whose hash did not match (discarded)."),
     _counter("cache_origin_errors", "Failed requests to the origin."),
     _counter("cache_origin_bytes", "Bytes downloaded from the origin."),
+    _counter("cache_disk_read_errors", "Cache files that could not be read to serve them."),
     _counter("cache_evictions", "Files evicted from the cache."),
     _counter("cache_write_errors", "Downloads failed: the disk did not take a chunk (full?)."),
     # Enrollment.
@@ -160,14 +192,6 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 )
 
 SPECS: Mapping[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
-
-# Series renamed when names built with f-strings became labels; link.py counts
-# with the old names until its rewrite lands (then this table goes).
-_RENAMED: Mapping[str, tuple[str, Mapping[str, str]]] = {
-    f"broker_{link}_{what}": (f"broker_{what}", {"link": link})
-    for link in ("school", "academy")
-    for what in ("connects", "connection_errors", "tls_refused", "intake_pauses")
-}
 
 
 class UndeclaredMetric(LookupError):
@@ -224,8 +248,6 @@ class Counters:
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         """Add ``amount`` to the series ``name`` with ``labels`` (declared ones, all of them)."""
-        if name in _RENAMED:
-            name, labels = _RENAMED[name][0], {**_RENAMED[name][1], **labels}
         if not labels:
             counter = self._counters.get(name)
             if counter is None or SPECS[name].labels:
@@ -242,8 +264,6 @@ class Counters:
 
     def get(self, name: str, **labels: str) -> int:
         """The count of ``name`` with ``labels``; the sum over any label left out."""
-        if name in _RENAMED:
-            name, labels = _RENAMED[name][0], {**_RENAMED[name][1], **labels}
         if name not in self._counters:
             spec_for(name, "counter", {})
         total = 0.0

@@ -11,7 +11,7 @@ import aiohttp
 from gateway.commands.queue import status_view as command_status
 from gateway.config import load_config
 from gateway.errors import GatewayError
-from gateway.security.admin_token import read_admin_token
+from gateway.security.admin_token import admin_api_url, admin_headers
 from gateway.state.shadow import tablet_counts
 from gateway.store.database import DATABASE_FILE, Database
 
@@ -19,13 +19,12 @@ from gateway.store.database import DATABASE_FILE, Database
 async def fetch_status(config_path: Path) -> dict[str, Any]:
     """The live status from the admin API; the stored view if the gateway is down."""
     config = load_config(config_path)
-    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
-    url = f"http://{host}:{config.http.port}/api/status"
+    url = admin_api_url(config, "/api/status")
     try:
-        token = read_admin_token(config.gateway.state_dir)
+        headers = admin_headers(config.gateway.state_dir)
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-            session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+            session.get(url, headers=headers) as response,
         ):
             if response.status == 200:
                 live: dict[str, Any] = await response.json()

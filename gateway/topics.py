@@ -80,10 +80,6 @@ def academy_up(school_id: str, gateway_id: str, kind: str) -> str:
     return f"schools/{school_id}/gateways/{gateway_id}/up/{kind}"
 
 
-def academy_up_filter(school_id: str = "+", gateway_id: str = "+") -> str:
-    return f"schools/{school_id}/gateways/{gateway_id}/up/+"
-
-
 def academy_commands(school_id: str) -> str:
     return f"schools/{school_id}/commands"
 

@@ -18,11 +18,12 @@ import pytest_asyncio
 
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
-from gateway.config import Config, config_from_mapping
+from gateway.config import config_from_mapping
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 from gateway.security.broker_files import load_identity, prepare_broker_files
 from gateway.store.database import Database
+from tests.helpers import lab_config, secure_lab_tables
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -32,46 +33,6 @@ async def browser() -> AsyncIterator[Any]:
 
     async with chromium() as launched:
         yield launched
-
-
-def lab_tables(
-    state_dir: Path,
-    *,
-    school_port: int,
-    academy_port: int,
-    overrides: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Config tables pointing at loopback brokers; ``overrides`` merges per table."""
-    table: dict[str, dict[str, Any]] = {
-        "gateway": {
-            "school_id": "school-test",
-            "gateway_id": "gw-test",
-            "state_dir": str(state_dir),
-        },
-        # The lab's anonymous plain listener on loopback (development only): the
-        # foundation's tests use plain clients; tests/test_security*.py use
-        # secure_lab_tables instead.
-        "school_broker": {"host": "127.0.0.1", "port": school_port, "lab_plain_listener": True},
-        "academy_broker": {"host": "127.0.0.1", "port": academy_port},
-        "http": {"host": "127.0.0.1", "port": free_port()},
-    }
-    for section, values in (overrides or {}).items():
-        table.setdefault(section, {}).update(values)
-    return table
-
-
-def lab_config(
-    state_dir: Path,
-    *,
-    school_port: int,
-    academy_port: int,
-    overrides: dict[str, dict[str, Any]] | None = None,
-) -> Config:
-    """A gateway Config pointing at loopback brokers."""
-    tables = lab_tables(
-        state_dir, school_port=school_port, academy_port=academy_port, overrides=overrides
-    )
-    return config_from_mapping(tables)
 
 
 @pytest.fixture
@@ -144,28 +105,6 @@ async def start_gateway(
 # --- The secure school broker (tests/test_security*.py, test_enroll*.py, test_broker_acl*.py)
 
 
-def secure_lab_tables(
-    state_dir: Path,
-    *,
-    school_port: int,
-    tls_port: int,
-    academy_port: int,
-    overrides: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Config tables for the production shape: TLS listeners, ACL, no anonymous access."""
-    tables = lab_tables(state_dir, school_port=school_port, academy_port=academy_port)
-    tables["school_broker"] = {
-        "host": "127.0.0.1",
-        "port": school_port,
-        "tls_host": "127.0.0.1",
-        "tls_port": tls_port,
-    }
-    tables["enrollment"] = {"host": "127.0.0.1", "port": free_port()}
-    for section, values in (overrides or {}).items():
-        tables.setdefault(section, {}).update(values)
-    return tables
-
-
 class SecureSchool:
     """A real Mosquitto running the gateway's secure config, and what it was made from."""
 
@@ -202,8 +141,7 @@ async def start_secure_broker(
     text = render_mosquitto_config(config, broker_user="root" if os.geteuid() == 0 else None)
     broker = MosquittoProcess(workdir, text, port=config.school_broker.port)
     await broker.start()
-    assert broker._process is not None
-    tables["school_broker"]["reload_command"] = ["kill", "-HUP", str(broker._process.pid)]
+    tables["school_broker"]["reload_command"] = ["kill", "-HUP", str(broker.pid)]
     return broker, tables
 
 

@@ -116,4 +116,4 @@ class TestSendAndWatch:
             tablet.leave()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(fleet_task, 20)
-        await wait_until(lambda: counters.get("presence_updates_stored") >= stored + 3, 10)
+        assert await wait_until(lambda: counters.get("presence_updates_stored") >= stored + 3, 10)

@@ -11,8 +11,8 @@ import pytest
 from gateway.lab.waiting import wait_until
 from gateway.security.probe import ACCEPTED, connect_outcome
 from gateway.state.shadow import load_tablets
+from tests.helpers import good_report
 from tests.secure_clients import issue_tablet_files, other_ca, tablet_client, tablet_context
-from tests.test_state_flow import good_report
 
 Seen = list[tuple[str, bytes]]
 

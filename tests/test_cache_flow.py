@@ -8,124 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.cache.manifest import sign_manifest
-from gateway.cache.service import CacheService
 from gateway.errors import RejectedInput
-from gateway.lab.mosquitto import free_port
 from gateway.lab.origin import Origin
 from gateway.lab.waiting import wait_until
-from gateway.metrics import Counters
-from gateway.store.database import Database
-from gateway.web.server import build_app, serve_until_cancelled
-from tests.conftest import lab_config
-
-MB = 1024 * 1024
-
-
-def blob(size: int, seed: int) -> bytes:
-    """Deterministic, incompressible-looking bytes."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}-{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:size])
-
-
-class CacheLab:
-    """A running cache with its origin, signing key and an HTTP client."""
-
-    def __init__(self, tmp_path: Path, origin: Origin) -> None:
-        self.tmp_path = tmp_path
-        self.origin = origin
-        self.private = Ed25519PrivateKey.generate()
-        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.key_id = base64.b64encode(raw).decode()
-        self.counters = Counters()
-        self.serial = 0
-        self.service: CacheService
-        self.db: Database
-        self.base = ""
-        self.session: aiohttp.ClientSession
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self, **cache: Any) -> None:
-        settings = {"offpeak_windows": [], "origin_wait_s": 3.0, "origin_give_up_s": 10.0}
-        settings.update(cache)
-        config = lab_config(
-            self.tmp_path / "state",
-            school_port=1,
-            academy_port=1,
-            overrides={"cache": settings, "commands": {"academy_keys": {self.key_id: self.key_id}}},
-        )
-        self.db = await Database.open(self.tmp_path / "state" / "gateway.db")
-        self.service = CacheService(config, self.db, self.counters)
-        await self.service.open()
-        port = free_port()
-        started = asyncio.Event()
-        app = build_app(self._status, "token", self.service)
-        self._tasks = [
-            asyncio.create_task(self.service.run(), name="cache"),
-            asyncio.create_task(serve_until_cancelled(app, "127.0.0.1", port, started)),
-        ]
-        await asyncio.wait_for(started.wait(), 5)
-        await asyncio.wait_for(self.service.running.wait(), 5)
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = aiohttp.ClientSession()
-
-    async def _status(self) -> dict[str, Any]:
-        return {"cache": await self.service.stats()}
-
-    async def stop(self) -> None:
-        await self.session.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.db.close()
-
-    def item(self, name: str, data: bytes, **extra: Any) -> dict[str, Any]:
-        url = self.origin.add(name, data)
-        return {
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data),
-            "urls": [url],
-            "name": name,
-            **extra,
-        }
-
-    def envelope(self, items: list[dict[str, Any]], serial: int | None = None) -> bytes:
-        if serial is None:
-            self.serial += 1
-            serial = self.serial
-        body = {
-            "type": "cache_manifest",
-            "serial": serial,
-            "issued_at": time.time(),
-            "items": items,
-        }
-        return sign_manifest(body, self.private, self.key_id)
-
-    async def publish(self, items: list[dict[str, Any]]) -> None:
-        await self.service.apply_manifest(self.envelope(items))
-
-    async def get(self, sha: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
-        async with self.session.get(f"{self.base}/content/{sha}", headers=headers or {}) as resp:
-            return resp.status, resp.headers.copy(), await resp.read()
+from tests.cache_lab import MB, CacheLab, blob, digest
 
 
 @pytest.fixture
@@ -139,10 +35,6 @@ async def lab(tmp_path: Path, origin: Origin) -> AsyncIterator[CacheLab]:
     cache_lab = CacheLab(tmp_path, origin)
     yield cache_lab
     await cache_lab.stop()
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class TestServingCachedItems:
@@ -199,7 +91,7 @@ class TestBadRequests:
             ("/content/..%2F..%2Fgateway.db", {}, 400, "bad_hash"),
             ("/content/%2e%2e%2f%2e%2e%2fetc%2fpasswd", {}, 400, "bad_hash"),
             (f"/content/{sha}", {"Range": "bytes=abc"}, 400, "bad_range"),
-            (f"/content/{sha}", {"Range": "bytes=" + "9" * 50 + "-"}, 400, "bad_range"),
+            (f"/content/{sha}", {"Range": "bytes=" + "9" * 50 + "-"}, 416, "range_not_satisfiable"),
             (f"/content/{sha}", {"Range": "bytes=0-1," * 150}, 400, "bad_range"),
             (f"/content/{sha}", {"Range": "bytes=99999999-"}, 416, "range_not_satisfiable"),
         ]
@@ -382,7 +274,9 @@ class TestManifestAndPrefetch:
         placeholder = lab.item("m.bin", item_data)
         lab.origin.add("manifest.json", lab.envelope([placeholder]))
         await lab.start(manifest_url=lab.origin.url("manifest.json"))
-        assert await wait_until(lambda: lab.service.lookup(placeholder["sha256"]) is not None, 10)
+        # Applied means stored too: the service sets its manifest after the write.
+        assert await wait_until(lambda: lab.service.manifest is not None, 10)
+        assert lab.service.lookup(placeholder["sha256"]) is not None
         await lab.stop()
         lab.origin.blobs.pop("manifest.json")
         await lab.start()
@@ -425,3 +319,29 @@ class TestSeedingAndStats:
         [row] = stats["items"]
         assert row["tablets_holding"] == 2 and row["complete"] and row["pinned"]
         assert lab.service.paths.object(item["sha256"]).read_bytes() == good
+
+
+class TestDiskErrors:
+    """A cached file that cannot be read is logged, counted, and the tablet cut off."""
+
+    async def test_unreadable_file_is_counted_and_the_transfer_cut(self, lab, caplog):
+        await lab.start()
+        data = blob(50_000, 9)
+        item = lab.item("x.bin", data)
+        await lab.publish([item])
+        sha = item["sha256"]
+        status, _, body = await lab.get(sha)
+        assert status == 200 and body == data
+        assert await wait_until(lambda: lab.service.lookup(sha).complete, 5)
+        stored = lab.service.paths.object(sha)
+        stored.unlink()
+        stored.symlink_to("/proc/self/mem")  # opens, but reading at offset 0 fails (EIO)
+        with (
+            caplog.at_level(logging.ERROR, logger="gateway.cache.http"),
+            pytest.raises(aiohttp.ClientPayloadError),
+        ):
+            await lab.get(sha)
+        assert lab.counters.get("cache_disk_read_errors") == 1
+        assert f"cannot read {stored}" in caplog.text
+        status, _, body = await lab.get(f"{'0' * 64}")  # the server keeps going
+        assert status == 404

@@ -171,8 +171,12 @@ class TestKilledMidDownload:
 
                 origin.rate_bytes_per_s = 4 * MB
                 gateway = await start_gateway(config, http_port)
+                stored = tmp_path / "state" / "cache" / "objects" / sha
                 try:
                     body = await download()
+                    # The last byte goes out once the hash verified; the file is
+                    # renamed into place just after: wait for it, then stop.
+                    assert await wait_until(stored.exists, 10)
                 finally:
                     gateway.send_signal(signal.SIGTERM)
                     await asyncio.wait_for(gateway.wait(), 20)
@@ -185,7 +189,7 @@ class TestKilledMidDownload:
             resumed_from = int(after_restart[0].range.removeprefix("bytes=").rstrip("-"))
             assert resumed_from == held > MB
             assert origin.sent_by_name["os.img"] - sent_before_restart == len(data) - held
-            assert (tmp_path / "state" / "cache" / "objects" / sha).exists()
+            assert stored.exists()
             assert not partial.exists()
 
 
@@ -215,11 +219,13 @@ class TestImportCommand:
             from gateway.cache.service import CacheService
             from gateway.config import load_config
             from gateway.metrics import Counters
+            from gateway.signed import load_public_keys
             from gateway.store.database import Database
 
             cfg = load_config(config)
             db = await Database.open(cfg.gateway.state_dir / "gateway.db")
-            service = CacheService(cfg, db, Counters())
+            keys = load_public_keys(cfg.commands.academy_keys)
+            service = CacheService(cfg, db, Counters(), academy_keys=keys)
             await service.open()
             await service.apply_manifest(origin.blobs["manifest.json"])
             await db.close()

@@ -8,33 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from gateway.lab.config_file import write_config_file
 from gateway.lab.waiting import wait_until
-from tests.conftest import lab_tables
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-async def run_cli(*args: str, within_s: float = 60) -> subprocess.CompletedProcess[str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), within_s)
-    except TimeoutError:
-        process.kill()  # never leave a hung CLI behind
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
+from tests.helpers import REPO, lab_tables, run_cli
 
 
 class TestDaemonAndStatus:

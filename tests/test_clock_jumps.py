@@ -26,7 +26,10 @@ from gateway.lab.wall_clock import NO_FAKETIME, MovableWallClock, libfaketime
 from gateway.store.database import Database
 from gateway.topics import academy_commands
 
-pytestmark = pytest.mark.skipif(libfaketime() is None, reason=NO_FAKETIME)
+pytestmark = [
+    pytest.mark.skipif(libfaketime() is None, reason=NO_FAKETIME),
+    pytest.mark.slow,  # whole gateways under faketime, restarted across jumps
+]
 
 SCHOOL = "school-test"
 HOUR = 3600

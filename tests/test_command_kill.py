@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 
 import aiomqtt
@@ -25,6 +26,8 @@ from gateway.lab.waiting import wait_until
 from gateway.sim.commands import SimulatedCommands
 from gateway.sim.fleet import Fleet, FleetSettings
 from gateway.topics import academy_commands
+
+log = logging.getLogger(__name__)
 
 SCHOOL = "school-test"
 TABLETS = 30
@@ -108,10 +111,12 @@ class TestKilledGateway:
                     if trigger == "accepted":
                         await gateway.wait_for_line(f"command {command_id} accepted", 15)
                     elif trigger == "first":
-                        await wait_until(lambda c=command_id: len(applier.received(c)) >= 1, 15)
+                        assert await wait_until(
+                            lambda c=command_id: len(applier.received(c)) >= 1, 15
+                        )
                     elif trigger == "some":
                         some = rng.randint(2, TABLETS - 1)
-                        await wait_until(
+                        assert await wait_until(
                             lambda c=command_id, n=some: len(applier.received(c)) >= n, 15
                         )
                     await gateway.kill()
@@ -149,9 +154,11 @@ class TestKilledGateway:
             for memory in applier.memory.values():
                 assert memory.order == [warmup_id, *sent]
             redeliveries = sum(m.deliveries[c] - 1 for m in applier.memory.values() for c in sent)
-            print(
-                f"kill test: {ROUNDS} kills ({', '.join(triggers)}); "
-                f"{redeliveries} redeliveries absorbed by the tablets"
+            log.info(
+                "kill test: %d kills (%s); %d redeliveries absorbed by the tablets",
+                ROUNDS,
+                ", ".join(triggers),
+                redeliveries,
             )
         finally:
             for tablet in fleet.tablets:

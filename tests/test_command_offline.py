@@ -8,7 +8,7 @@ off again, back later). The arrival schedule is the workload, not a wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import random
 
 import aiomqtt
@@ -19,6 +19,8 @@ from gateway.lab.waiting import wait_until
 from gateway.sim.commands import SimulatedCommands
 from gateway.sim.fleet import Fleet, FleetSettings
 from gateway.topics import academy_commands
+
+log = logging.getLogger(__name__)
 
 SCHOOL = "school-test"
 TABLETS = 200
@@ -94,7 +96,7 @@ class TestOfflineTablets:
                 await asyncio.sleep(rng.uniform(0, SPREAD_S / 2))
                 tablet.come_back()
                 session = asyncio.create_task(tablet.run())
-                await wait_until(lambda: tablet.online, 10)
+                assert await wait_until(lambda: tablet.online, 10)
                 tablet.leave()
                 await session
             await asyncio.sleep(rng.uniform(0, SPREAD_S))
@@ -124,13 +126,12 @@ class TestOfflineTablets:
             for tablet in fleet.tablets:
                 tablet.leave()
         assert all(r.done() for r in returns)
-        with contextlib.suppress(TimeoutError):
-            await wait_until(
-                lambda: gateway.counters.get("presence_updates_stored") >= stored + TABLETS, 10
-            )
+        assert await wait_until(
+            lambda: gateway.counters.get("presence_updates_stored") >= stored + TABLETS, 10
+        )
         dupes = sum(m.deliveries[lock_id] - 1 for m in applier.memory.values())
         # Redeliveries happen (flappers, reconnects) and are absorbed by the command id.
-        print(f"offline test: {dupes} redeliveries of the lock absorbed by the tablets")
+        log.info("offline test: %d redeliveries of the lock absorbed by the tablets", dupes)
         assert len([m for m in upstream(academy_listener, "rejection")]) == 0
 
 

@@ -49,14 +49,14 @@ async def online_fleet(school_broker, gateway, tablets: int, prefix: str = "tab"
         on_command=applier,
     )
     task = asyncio.create_task(fleet.run(), name="fleet")
-    known = await wait_until(
+    assert await wait_until(
         lambda: (
             gateway.counters.get("state_reports_stored") >= tablets
             and gateway.counters.get("presence_updates_stored") >= tablets
         ),
         30,
+        what="the gateway saw every tablet's birth and first report",
     )
-    assert known, "the gateway never saw every tablet's birth and first report"
     try:
         yield fleet, applier
     finally:
@@ -68,7 +68,7 @@ async def online_fleet(school_broker, gateway, tablets: int, prefix: str = "tab"
         # Let the gateway store the goodbyes before the test stops it: state
         # ingest's batcher can miss a cancellation racing with a message
         # (asyncio.wait_for on Python 3.11), which would stall the shutdown.
-        await wait_until(
+        assert await wait_until(
             lambda: gateway.counters.get("presence_updates_stored") >= stored + tablets, 10
         )
 

@@ -366,6 +366,7 @@ def academy_sees_gateway_online(port: int, within_s: float) -> bool:
     return result.returncode == 0 and json.loads(result.stdout or "{}").get("online") is True
 
 
+@pytest.mark.slow
 async def test_readme_deployment_then_enroll_command_revoke_status(
     box: Box, tmp_path: Path
 ) -> None:

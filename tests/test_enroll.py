@@ -20,7 +20,7 @@ from gateway.security.probe import connect_outcome
 from gateway.sim.enroll import enroll_tablet, fetch_pinned_ca, make_csr, post_enrollment
 from gateway.sim.fleet import Fleet, FleetSettings
 from gateway.store.database import Database
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 
 async def make_token(running, *, ttl_s=600.0, now=None, device_id=None, group="class-01") -> str:

@@ -29,9 +29,12 @@ from gateway.lab.origin import Origin
 from gateway.lab.waiting import wait_until
 from gateway.sim.model import TabletModel
 from gateway.store.database import Database
-from tests.test_cache_flow import MB, CacheLab, blob, digest
+from tests.cache_lab import MB, CacheLab, blob, digest
 
-pytestmark = pytest.mark.skipif(not can_mount(), reason=CANNOT_MOUNT)
+pytestmark = [
+    pytest.mark.skipif(not can_mount(), reason=CANNOT_MOUNT),
+    pytest.mark.slow,  # filling real filesystems
+]
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ belongs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.import_graph import Edge, cycles, graph_of, package_edges, upward_imports
@@ -17,7 +19,7 @@ GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 
 LAYERS: list[set[str]] = [
     {"__init__", "errors"},
-    {"topics", "backoff", "batching", "signed", "config", "metrics"},
+    {"topics", "backoff", "batching", "pacing", "serving", "signed", "config", "metrics"},
     {"store"},
     {"security", "health"},
     {"broker"},
@@ -58,6 +60,26 @@ class TestGatewayTree:
             for e in upward_imports(package_edges(GATEWAY), LAYERS)
         ]
         assert upward == []
+
+    def test_the_daemon_loads_no_kit_module(self) -> None:
+        """``python -m gateway run`` parses its command line and builds the app without lab/sim/demo."""
+        probe = (
+            "import sys\n"
+            "from gateway.cli import build_parser\n"
+            "build_parser().parse_args(['run'])\n"
+            "import gateway.app\n"
+            "kit = ('gateway.lab', 'gateway.sim', 'gateway.demo')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(kit)))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=GATEWAY.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert result.stdout.strip() == "[]"
 
 
 class TestChecker:

@@ -16,8 +16,7 @@ from gateway.academy.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from gateway.cli import main
 from gateway.lab.config_file import write_config_file
 from gateway.lab.waiting import wait_until
-from tests.conftest import lab_tables
-from tests.test_cli import run_cli
+from tests.helpers import lab_tables, run_cli
 
 APP = b"classroom app 2.5.1\n" * 5000
 

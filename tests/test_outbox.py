@@ -11,16 +11,16 @@ import pytest
 
 from gateway.errors import RejectedInput
 from gateway.metrics import Counters
+from gateway.pacing import TokenBucket
 from gateway.relay import outbox
 from gateway.relay.budget import Pending, plan_shedding
 from gateway.relay.outbox import OutboxBudget
-from gateway.relay.pacing import Pacer
 from gateway.relay.wire import decode_payload, encode_batch, envelope_line, fit_batch
 from gateway.state.report import parse_state_report
 from gateway.state.shadow import standings, store_reports, winners
 from gateway.store.database import Database
 from gateway.store.migrations import MIGRATIONS
-from tests.test_state_flow import good_report
+from tests.helpers import good_report
 
 
 def report(device: str, seq: int, battery: int = 80):
@@ -120,19 +120,19 @@ class TestWireFormat:
             decode_payload(b"\x00\x01garbage")
 
 
-class TestPacer:
+class TestDrainPacing:
     """The drain's token bucket keeps the long-run byte rate under the limit."""
 
     def test_burst_then_paced(self):
-        pacer = Pacer(1000, burst_bytes=2000)
-        assert pacer.delay_for(2000, now=0.0) == 0.0
-        assert pacer.delay_for(500, now=0.0) == pytest.approx(0.5)
-        assert pacer.delay_for(1000, now=0.5) == pytest.approx(1.0)
+        pacer = TokenBucket(1000, burst=2000)
+        assert pacer.take(2000, now=0.0) == 0.0
+        assert pacer.take(500, now=0.0) == pytest.approx(0.5)
+        assert pacer.take(1000, now=0.5) == pytest.approx(1.0)
 
     def test_long_run_rate(self):
-        pacer, now, sent = Pacer(10_000, burst_bytes=5_000), 0.0, 0
+        pacer, now, sent = TokenBucket(10_000, burst=5_000), 0.0, 0
         for _ in range(100):
-            now += pacer.delay_for(1_000, now)
+            now += pacer.take(1_000, now)
             sent += 1_000
         assert sent / now <= 10_000 * 1.06
 

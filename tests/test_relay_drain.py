@@ -5,63 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import pytest
 
-from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import MosquittoProcess
 from gateway.lab.proxy import LinkProxy
 from gateway.lab.waiting import wait_until
-from gateway.relay import outbox
-from gateway.relay.wire import decode_payload
-from gateway.store.database import Database
-from tests.test_state_flow import good_report
-
-
-def academy_view(listener: AcademyListener) -> list[dict[str, Any]]:
-    """Every upstream message the academy received, deduplicated by (gateway_id, seq)."""
-    seen: set[tuple[str, int]] = set()
-    view = []
-    for received in list(listener.messages):
-        if "/up/" not in received.topic:
-            continue
-        for message in decode_payload(received.payload):
-            key = (message["gateway_id"], message["seq"])
-            if key not in seen:
-                seen.add(key)
-                view.append(message)
-    return view
-
-
-def latest_states(view: list[dict[str, Any]]) -> dict[str, int]:
-    """device -> the tablet seq of the state with the highest upstream seq."""
-    best: dict[str, tuple[int, int]] = {}
-    for message in view:
-        if message["kind"] == "state":
-            device = message["body"]["device_id"]
-            if device not in best or message["seq"] > best[device][0]:
-                best[device] = (message["seq"], message["body"]["seq"])
-    return {device: tablet_seq for device, (_, tablet_seq) in best.items()}
+from tests.helpers import academy_view, enqueue_results, good_report, latest_states
 
 
 async def publish_reports(broker: MosquittoProcess, reports: list[tuple[str, int]]) -> None:
     async with aiomqtt.Client(broker.host, broker.port, identifier="test-publisher") as client:
         for device, seq in reports:
             await client.publish(f"tablets/{device}/state", good_report(device, seq), qos=1)
-
-
-async def enqueue_results(db_path: Path, command_ids: list[str]) -> None:
-    """Put command results in the outbox the way the command flow does (a second connection)."""
-    db = await Database.open(db_path)
-    try:
-        async with db.transaction() as conn:
-            for command_id in command_ids:
-                await outbox.enqueue(conn, "result", {"command_id": command_id, "status": "done"})
-    finally:
-        await db.close()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from gateway.security.identity import PkiPaths, ensure_identity, server_names
 from gateway.security.keyfiles import mode_problem
 from gateway.security.probe import connect_packet, read_connack
 from gateway.sim.enroll import make_csr
-from tests.conftest import lab_tables, secure_lab_tables
+from tests.helpers import lab_tables, secure_lab_tables
 
 NOW = dt.datetime(2025, 9, 1, tzinfo=dt.UTC)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from typing import Any
@@ -10,19 +11,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.broker import link
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import MosquittoProcess
 from gateway.lab.waiting import wait_until
-from gateway.sim.model import TabletModel
-from gateway.store.database import DATABASE_FILE
-
-
-def good_report(device_id: str, seq: int = 1, battery: int = 80) -> bytes:
-    model = TabletModel.create(device_id, "class-01", seed=seq)
-    model.battery_pct = battery
-    model.seq = seq - 1
-    return json.dumps(model.report(1_764_000_000.0 + seq)).encode()
+from gateway.store.database import DATABASE_FILE, Database
+from tests.helpers import good_report
 
 
 def relayed_states(listener: AcademyListener) -> list[dict[str, Any]]:
@@ -69,7 +62,10 @@ class TestMalformedReports:
         bad = [
             ("tablets/tab-0002/state", b"this is not json", "not_json"),
             ("tablets/tab-0002/state", json.dumps(wrong_types).encode(), "bad_field"),
-            ("tablets/tab-0002/state", b"{" + b" " * 1_000_000 + b"}", "too_large"),
+            # A little over tablets.max_report_bytes (16 KiB): the broker passes it
+            # (its packet limit is twice that, gateway/broker/limits.py), the
+            # gateway rejects it. Far larger ones never pass the broker (test_link.py).
+            ("tablets/tab-0002/state", b"{" + b" " * 20_000 + b"}", "too_large"),
             ("tablets/TAB_0002!/state", good_report("tab-0002"), "bad_device_id"),
         ]
         for topic, payload, _ in bad:
@@ -119,51 +115,109 @@ class TestAcademyOutage:
         )
 
 
-@pytest.fixture(
-    params=[
-        (link.INTAKE_PAUSE_AT, link.INTAKE_RESUME_AT),
-        # Tiny bounds: the link pauses while its read buffer still holds whole
-        # messages, the last ones too, and must parse them when it resumes.
-        (7, 2),
-    ],
-    ids=["default-bounds", "tiny-bounds"],
-)
-def intake_bounds(request, monkeypatch):
-    pause_at, resume_at = request.param
-    monkeypatch.setattr(link, "INTAKE_PAUSE_AT", pause_at)
-    monkeypatch.setattr(link, "INTAKE_RESUME_AT", resume_at)
+TABLETS, REPORTS_EACH = 200, 40  # 8,000: more than the link's window and the ingest hold
 
 
+async def queue_backlog(start_gateway, school_broker, overrides, tablets=TABLETS) -> None:
+    """Subscribe once (the broker keeps the session), stop, then let tablets report 40 times."""
+    running = await start_gateway(overrides)
+    await running.stop()
+    async with aiomqtt.Client(
+        school_broker.host, school_broker.port, identifier="backlog-publisher"
+    ) as client:
+        for seq in range(1, REPORTS_EACH + 1):
+            await asyncio.gather(
+                *(
+                    client.publish(
+                        f"tablets/tab-{i:04d}/state", good_report(f"tab-{i:04d}", seq), qos=1
+                    )
+                    for i in range(tablets)
+                )
+            )
+
+
+def assert_every_tablet_latest(tmp_path, tablets=TABLETS) -> None:
+    with sqlite3.connect(tmp_path / "state" / DATABASE_FILE) as db:
+        latest = dict(db.execute("SELECT device_id, report_seq FROM shadow"))
+    assert latest == {f"tab-{i:04d}": REPORTS_EACH for i in range(tablets)}
+
+
+class StoreStall:
+    """After ``passes`` commits of the state ingest, holds its next one until released."""
+
+    def __init__(self, monkeypatch, passes: int) -> None:
+        self.released = asyncio.Event()
+        self.passes = passes
+        self.held = 0
+        original = Database.transaction
+        stall = self
+
+        @contextlib.asynccontextmanager
+        async def transaction(db: Database):
+            task = asyncio.current_task()
+            if task is not None and task.get_name() == "state-ingest":
+                stall.passes -= 1
+                if stall.passes < 0 and not stall.released.is_set():
+                    stall.held += 1
+                    await stall.released.wait()
+            async with original(db) as conn:
+                yield conn
+
+        monkeypatch.setattr(Database, "transaction", transaction)
+
+
+@pytest.mark.slow
 class TestBacklogAtStart:
     """What tablets sent while the gateway was down waits at the broker and is all taken."""
 
+    @pytest.mark.parametrize("receive_max", [4_000, 50], ids=["default-window", "small-window"])
     async def test_backlog_beyond_every_local_bound_is_stored_without_loss(
-        self, start_gateway, school_broker, tmp_path, intake_bounds
+        self, start_gateway, school_broker, tmp_path, receive_max
     ):
         # A long keepalive: a ping's answer must not be what wakes a stuck reader.
-        quiet = {"school_broker": {"keepalive_s": 300}}
-        running = await start_gateway(quiet)  # subscribes: the broker keeps its session
-        await running.stop()
-        tablets, reports_each = 200, 40  # 8,000: more than the link and the ingest hold
-        async with aiomqtt.Client(
-            school_broker.host, school_broker.port, identifier="backlog-publisher"
-        ) as client:
-            for seq in range(1, reports_each + 1):
-                await asyncio.gather(
-                    *(
-                        client.publish(
-                            f"tablets/tab-{i:04d}/state", good_report(f"tab-{i:04d}", seq), qos=1
-                        )
-                        for i in range(tablets)
-                    )
-                )
+        quiet = {"school_broker": {"keepalive_s": 300, "receive_max": receive_max}}
+        await queue_backlog(start_gateway, school_broker, quiet)
 
         running = await start_gateway(quiet)
         gateway = running.gateway
-        total = tablets * reports_each
-        assert await wait_until(lambda: gateway.counters.get("state_reports_stored") == total, 40)
+        total = TABLETS * REPORTS_EACH
+        assert await wait_until(lambda: gateway.counters.get("state_reports_stored") == total, 60)
+        # The broker held the rest back each time the window filled.
         assert gateway.counters.get("broker_intake_pauses", link="school") >= 1
         assert gateway.counters.get("tablet_messages_rejected") == 0
-        with sqlite3.connect(tmp_path / "state" / DATABASE_FILE) as db:
-            latest = dict(db.execute("SELECT device_id, report_seq FROM shadow"))
-        assert latest == {f"tab-{i:04d}": reports_each for i in range(tablets)}
+        assert_every_tablet_latest(tmp_path)
+
+    async def test_store_stalled_for_three_keepalives_keeps_the_link_up(
+        self, start_gateway, school_broker, tmp_path, monkeypatch
+    ):
+        keepalive_s = 2
+        settings = {"school_broker": {"keepalive_s": keepalive_s}}
+        # 12,000 and two commits before the stall: enough for the paho-based link
+        # of before to stop reading its socket (Mosquitto 2.0 then sent more than
+        # its in-flight limit) while paho's keepalive check went on and dropped
+        # the connection (issue 13).
+        tablets = 300
+        await queue_backlog(start_gateway, school_broker, settings, tablets)
+        stall = StoreStall(monkeypatch, passes=2)
+
+        running = await start_gateway(settings)
+        gateway = running.gateway
+        counters = gateway.counters
+        # The ingest's first commit is held and the broker's window to us is full.
+        assert await wait_until(
+            lambda: stall.held >= 1 and counters.get("broker_intake_pauses", link="school") >= 1, 30
+        )
+        # The stall itself: three keepalive intervals with nothing committed.
+        stored = counters.get("state_reports_stored")
+        await asyncio.sleep(3 * keepalive_s)
+        assert counters.get("state_reports_stored") == stored
+        assert gateway.school_link.is_connected
+        assert counters.get("broker_connection_errors", link="school") == 0
+        stall.released.set()
+
+        total = tablets * REPORTS_EACH
+        assert await wait_until(lambda: counters.get("state_reports_stored") == total, 60)
+        assert counters.get("broker_connects", link="school") == 1  # never reconnected
+        assert counters.get("broker_connection_errors", link="school") == 0
+        assert counters.get("broker_intake_resumes", link="school") >= 1
+        assert_every_tablet_latest(tmp_path, tablets)

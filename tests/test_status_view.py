@@ -71,4 +71,4 @@ class TestMissingAcademyCertificate:
         assert await wait_until(lambda: "academy uplink not started" in caplog.text, 5)
         assert "timed out" not in caplog.text
         assert "Bad file descriptor" not in caplog.text
-        assert running.gateway.counters.get("broker_academy_connects") == 0
+        assert running.gateway.counters.get("broker_connects", link="academy") == 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
+from gateway.errors import StoreError
 from gateway.store.database import Database, next_sequence
 from gateway.store.migrations import MIGRATIONS
 
@@ -67,5 +70,21 @@ class TestTransactions:
                 assert await next_sequence(conn, "s") == 1
                 assert await next_sequence(conn, "s", 3) == 2
                 assert await next_sequence(conn, "s") == 5
+        finally:
+            await db.close()
+
+    async def test_a_failing_statement_is_a_store_error_and_rolls_back(self, tmp_path):
+        db = await Database.open(tmp_path / "g.db")
+        try:
+            with pytest.raises(StoreError, match="write failed") as caught:
+                async with db.transaction() as conn:
+                    await next_sequence(conn, "s", 5)
+                    await conn.execute("INSERT INTO no_such_table VALUES (1)")
+            assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+            with pytest.raises(StoreError) as caught:
+                await db.execute("INSERT INTO meta (key, value) VALUES (NULL, NULL)")
+            assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+            async with db.transaction() as conn:  # nothing of the failed ones stayed
+                assert await next_sequence(conn, "s") == 1
         finally:
             await db.close()

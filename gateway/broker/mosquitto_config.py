@@ -23,6 +23,7 @@ import pwd
 import sys
 from pathlib import Path
 
+from gateway.broker.limits import school_packet_limit
 from gateway.config import Config, check_lab_plain_listener
 from gateway.errors import ConfigError
 from gateway.security.identity import PkiPaths
@@ -101,6 +102,7 @@ def render_mosquitto_config(
         allow_anonymous="true" if broker.lab_plain_listener else "false",
         max_inflight_messages=broker.max_inflight_messages,
         max_queued_messages=broker.max_queued_messages,
+        max_packet_size=school_packet_limit(config),
         persistence_dir=config.gateway.state_dir / "mosquitto",
         user=f"user {broker_user}\n" if broker_user else "",
         listeners=listeners,

@@ -19,7 +19,8 @@ import aiohttp
 from gateway.config import add_config_argument, load_config
 from gateway.errors import CacheError, GatewayError
 from gateway.metrics import Counters
-from gateway.security.admin_token import read_admin_token
+from gateway.security.admin_token import admin_api_url, admin_headers
+from gateway.signed import load_public_keys
 from gateway.store.database import DATABASE_FILE, Database
 
 
@@ -42,15 +43,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 async def import_directory(config_path: Path, folder: Path) -> dict[str, Any]:
     config = load_config(config_path)
-    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
-    url = f"http://{host}:{config.http.port}/api/cache/import"
+    url = admin_api_url(config, "/api/cache/import")
     try:
-        token = read_admin_token(config.gateway.state_dir)
+        headers = admin_headers(config.gateway.state_dir)
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
-            session.post(
-                url, json={"dir": str(folder)}, headers={"Authorization": f"Bearer {token}"}
-            ) as response,
+            session.post(url, json={"dir": str(folder)}, headers=headers) as response,
         ):
             body: dict[str, Any] = await response.json()
             if response.status != 200:
@@ -64,7 +62,12 @@ async def import_directory(config_path: Path, folder: Path) -> dict[str, Any]:
 
     db = await Database.open(config.gateway.state_dir / DATABASE_FILE)
     try:
-        service = CacheService(config, db, Counters())
+        service = CacheService(
+            config,
+            db,
+            Counters(),
+            academy_keys=load_public_keys(config.commands.academy_keys),
+        )
         await service.open()
         result = (await service.import_directory(folder)).as_dict()
     finally:

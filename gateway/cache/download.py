@@ -38,7 +38,7 @@ import aiohttp
 
 from gateway.backoff import backoff_delay
 from gateway.cache.index import Entry
-from gateway.cache.pacing import UplinkBudget
+from gateway.cache.uplink_budget import UplinkBudget
 from gateway.errors import CacheError, UplinkError
 from gateway.metrics import Counters
 

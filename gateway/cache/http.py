@@ -68,17 +68,16 @@ async def serve_content(request: web.Request) -> web.StreamResponse:
         counters.inc("cache_requests_unknown")
         return _error(404, "unknown_item", f"no item {sha} in the manifest or the cache")
     headers = _item_headers(entry)
-    if rules.etag_matches(request.headers.get("If-None-Match"), sha):
+    if rules.not_modified(request.if_none_match, sha):
         return web.Response(status=304, headers=headers)
-    range_header = request.headers.get("Range")
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and not rules.etag_matches(if_range, sha):
-        range_header = None
     try:
-        byte_range = rules.parse_range(range_header, entry.size)
-    except RejectedInput as exc:
+        requested = request.http_range
+        if not rules.range_applies(request.headers.get("If-Range"), sha):
+            requested = slice(None, None)
+        byte_range = rules.byte_range(requested, entry.size)
+    except ValueError as exc:  # aiohttp: not one bytes=first-last range
         counters.inc("cache_requests_rejected", reason="bad_range")
-        return _error(400, exc.reason, exc.detail)
+        return _error(400, "bad_range", f"Range must be one 'bytes=first-last' range: {exc}")
     except rules.RangeNotSatisfiable as exc:
         counters.inc("cache_requests_rejected", reason="bad_range")
         return _error(
@@ -109,10 +108,7 @@ async def serve_content(request: web.Request) -> web.StreamResponse:
         with fobj:
             await response.prepare(request)
             sent = await _sendfile(request, fobj, start, length)
-            service.record_served(sent)
-            if sent == length:
-                await response.write_eof()
-        return response
+            return await _finish(request, response, service, sent, length)
 
     try:
         download = service.fetch(sha)
@@ -139,11 +135,22 @@ async def serve_content(request: web.Request) -> web.StreamResponse:
     with download.path.open("rb") as fobj:
         await response.prepare(request)
         sent = await _stream_growing(request, download, fobj, start, length)
-        service.record_served(sent)
-        if sent == length:
-            await response.write_eof()
-        else:
-            _cut(request)
+        return await _finish(request, response, service, sent, length)
+
+
+async def _finish(
+    request: web.Request,
+    response: web.StreamResponse,
+    service: CacheService,
+    sent: int,
+    length: int,
+) -> web.StreamResponse:
+    """Count what went out; end the body, or cut the connection when it came up short."""
+    service.record_served(sent)
+    if sent == length:
+        await response.write_eof()
+    else:
+        _cut(request)
     return response
 
 
@@ -160,7 +167,11 @@ async def _sendfile(request: web.Request, fobj: IO[bytes], offset: int, count: i
         return 0
     try:
         await asyncio.get_running_loop().sendfile(transport, fobj, offset, count)
-    except (ConnectionError, RuntimeError, OSError):
+    except (ConnectionError, RuntimeError):  # the tablet went away (or its transport closed)
+        return 0
+    except OSError as exc:  # reading the file failed: the disk, not the tablet
+        request.app[CACHE_SERVICE].counters.inc("cache_disk_read_errors")
+        log.error("cannot read %s to serve it: %s", getattr(fobj, "name", "cache file"), exc)
         return 0
     return count
 

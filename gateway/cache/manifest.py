@@ -1,6 +1,6 @@
 """The signed cache manifest: verification and parsing, no I/O.
 
-Envelope (the same scheme as commands; the lead unifies the two):
+Envelope (the same scheme and code as commands: gateway.signed):
 
     {"key_id": "<id>", "payload": "<base64 of the exact payload bytes>",
      "signature": "<base64 Ed25519 signature over the payload bytes>"}
@@ -55,9 +55,6 @@ class Manifest:
     serial: int
     issued_at: float
     items: tuple[ManifestItem, ...]
-
-    def by_hash(self) -> dict[str, ManifestItem]:
-        return {item.sha256: item for item in self.items}
 
 
 def verify_envelope(data: bytes, academy_keys: Mapping[str, Ed25519PublicKey]) -> bytes:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,17 +23,16 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.cache.budget import parse_windows
 from gateway.cache.download import Download, OriginSettings
 from gateway.cache.eviction import Resident, free_space_floor, plan_admission
 from gateway.cache.index import CacheIndex, Entry, tablets_holding
 from gateway.cache.manifest import Manifest, parse_manifest, verify_envelope
-from gateway.cache.pacing import UplinkBudget
+from gateway.cache.offpeak import parse_windows
 from gateway.cache.seeding import NO_MANIFEST, ImportReport, import_files
+from gateway.cache.uplink_budget import UplinkBudget
 from gateway.config import Config
-from gateway.errors import CacheError, RejectedInput, UplinkError
+from gateway.errors import CacheError, GatewayError, RejectedInput, UplinkError
 from gateway.metrics import Counters
-from gateway.signed import load_public_keys
 from gateway.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -69,8 +68,17 @@ class CachePaths:
 class CacheService:
     """Construct, ``await open()``, then run ``run()`` as a task."""
 
-    def __init__(self, config: Config, db: Database, counters: Counters) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        counters: Counters,
+        *,
+        academy_keys: Mapping[str, Ed25519PublicKey],
+    ) -> None:
+        """``academy_keys``: the parsed ``commands.academy_keys``, which sign manifests too."""
         self.config = config
+        self._academy_keys = academy_keys
         self.settings = config.cache
         self.counters = counters
         self.paths = CachePaths(config.gateway.state_dir / "cache")
@@ -123,10 +131,6 @@ class CacheService:
             raise CacheError("cache service used before open()")
         return self._index
 
-    @functools.cached_property
-    def _academy_keys(self) -> dict[str, Ed25519PublicKey]:
-        return load_public_keys(self.config.commands.academy_keys)
-
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None)
         async with (
@@ -143,8 +147,10 @@ class CacheService:
                 await asyncio.Event().wait()
             finally:
                 self.running.clear()
-                with contextlib.suppress(Exception):
+                try:
                     await self.index.flush_access()
+                except GatewayError as exc:  # the store is failing; the order is only LRU
+                    log.warning("last access times not saved at shutdown: %s", exc)
 
     # -- manifest -----------------------------------------------------------------
 
@@ -266,13 +272,19 @@ class CacheService:
             self._active.pop(sha, None)
 
     def _admit(self, entry: Entry) -> None:
-        """Make room for ``entry`` (LRU eviction of unpinned items) or raise Refused."""
+        """Make room for ``entry`` (LRU eviction of unpinned items) or raise Refused.
+
+        Evicts only while the service runs (the index write needs its task
+        group); before that (``cache import`` with the gateway stopped) an item
+        that does not fit is refused.
+        """
+        may_evict = self._group is not None
         residents = []
         used = 0
         for e in self.index.entries():
             if e.complete:
                 used += e.size
-                if e.sha256 not in self._active:
+                if may_evict and e.sha256 not in self._active:
                     residents.append(Resident(e.sha256, e.size, e.pinned, e.last_access))
         used += sum(d.size for d in self._active.values())
         held = self.paths.part(entry.sha256)
@@ -350,26 +362,10 @@ class CacheService:
 
     def _admit_for_import(self, entry: Entry) -> str | None:
         try:
-            if self._group is None:
-                self._admit_offline(entry)
-            else:
-                self._admit(entry)
+            self._admit(entry)
         except Refused as exc:
             return str(exc)
         return None
-
-    def _admit_offline(self, entry: Entry) -> None:
-        used = sum(e.size for e in self.index.entries() if e.complete)
-        plan = plan_admission(
-            entry.size,
-            [],
-            used_bytes=used,
-            quota_bytes=self.settings.quota_bytes,
-            free_bytes=shutil.disk_usage(self.paths.root).free,
-            min_free_bytes=self._free_space_floor(),
-        )
-        if plan.refused is not None:
-            raise Refused(plan.refused)
 
     def _free_space_floor(self) -> int:
         return free_space_floor(

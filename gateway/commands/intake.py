@@ -48,6 +48,35 @@ Acknowledge = Callable[[Inbound], None]
 AcceptedHandler = Callable[[Sequence[str]], None]
 
 
+class AcceptedCommands:
+    """The commands on record (id -> sha256 of the payload): replay protection.
+
+    Loaded from the store at start; the intake adds what it accepts and the
+    delivery's pruning takes out what leaves the store, so it is never larger
+    than the ``commands`` table (``commands.retention_s``).
+    """
+
+    def __init__(self) -> None:
+        self._payload_sha256: dict[str, str] = {}
+
+    async def load(self, db: Database) -> None:
+        self._payload_sha256 = await queue.seen_command_ids(db)
+
+    def __contains__(self, command_id: object) -> bool:
+        return command_id in self._payload_sha256
+
+    def payload_sha256(self, command_id: str) -> str | None:
+        return self._payload_sha256.get(command_id)
+
+    def add(self, command_id: str, payload_sha256: str) -> None:
+        self._payload_sha256[command_id] = payload_sha256
+
+    def forget(self, command_ids: Sequence[str]) -> None:
+        """Commands pruned from the store (their not_after is long past)."""
+        for command_id in command_ids:
+            self._payload_sha256.pop(command_id, None)
+
+
 def claimed_command_id(data: bytes) -> str | None:
     """The command id an envelope claims, best effort, for correlating a rejection."""
     try:
@@ -71,6 +100,7 @@ class CommandIntake:
         keys: Mapping[str, Ed25519PublicKey],
         policy: VerifyPolicy,
         max_unfinished: int,
+        accepted: AcceptedCommands,
         on_accepted: AcceptedHandler,
         on_committed: Callable[[], None],
         clock: BoxClock | None = None,
@@ -84,17 +114,8 @@ class CommandIntake:
         self._on_accepted = on_accepted
         self._on_committed = on_committed
         self._clock = clock or BoxClock()
-        self._seen: dict[str, str] = {}
+        self._seen = accepted
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=QUEUE_LIMIT)
-
-    async def load(self) -> None:
-        """Read the ids already accepted (replay protection survives restarts)."""
-        self._seen = await queue.seen_command_ids(self._db)
-
-    def forget(self, command_ids: Sequence[str]) -> None:
-        """Commands pruned from the store (their not_after is long past)."""
-        for command_id in command_ids:
-            self._seen.pop(command_id, None)
 
     async def accept(self, message: Inbound) -> None:
         """Queue one envelope from the academy broker (waits at the bound)."""
@@ -149,7 +170,7 @@ class CommandIntake:
         return unfinished, devices
 
     def _accepted(self, command: Command, devices: list[str]) -> None:
-        self._seen[command.command_id] = command.payload_sha256
+        self._seen.add(command.command_id, command.payload_sha256)
         self._counters.inc("commands_accepted")
         self._counters.inc("command_deliveries_created", len(devices))
         log.info(
@@ -176,7 +197,7 @@ class CommandIntake:
         if exc.reason == "replayed" and command_id is not None:
             # Reached only after the signature verified: the envelope is well formed.
             payload = base64.b64decode(json.loads(message.payload)["payload"])
-            if self._seen.get(command_id) == hashlib.sha256(payload).hexdigest():
+            if self._seen.payload_sha256(command_id) == hashlib.sha256(payload).hexdigest():
                 exc = RejectedInput(
                     exc.reason,
                     f"{exc.detail}; identical envelope (a redelivery), not executed again",

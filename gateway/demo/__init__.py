@@ -19,6 +19,6 @@ Ctrl-C (or --duration) stops everything in order and prints
 ``demo summary: {...}`` as the last line.
 """
 
-from gateway.demo.run import add_demo_arguments, run_demo
+from gateway.demo.run import run_demo
 
-__all__ = ["add_demo_arguments", "run_demo"]
+__all__ = ["run_demo"]

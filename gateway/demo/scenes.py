@@ -93,7 +93,10 @@ class CommandScene:
 
     async def run(self, gateway: Gateway, academy_port: int, tablets: int) -> None:
         counters = gateway.counters
-        await wait_until(lambda: counters.get("state_reports_stored") >= tablets, within_s=60)
+        try:
+            await wait_until(lambda: counters.get("state_reports_stored") >= tablets, within_s=60)
+        except TimeoutError:
+            log.warning("not every tablet reported within 60 s: sending the commands anyway")
         async with aiomqtt.Client("127.0.0.1", academy_port, identifier="demo-academy") as academy:
             for label, action, targets, params in demo_commands(self.app_sha256):
                 command_id, envelope = self.signer.envelope(action, targets=targets, params=params)

@@ -152,6 +152,11 @@ def _read_ipv4_addresses() -> dict[str, list[str]]:
     return addresses
 
 
+def lan_addresses() -> list[str]:
+    """IPv4 addresses of the box's LAN interfaces, loopback excluded."""
+    return [a for interface in lan_interfaces(_read_ipv4_addresses()) for a in interface.ipv4]
+
+
 def _read_default_route() -> str | None:
     try:
         return default_route_interface(netifaces.gateways())

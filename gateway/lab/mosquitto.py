@@ -8,9 +8,9 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from types import TracebackType
 
 from gateway.errors import BrokerError
+from gateway.lab.running import StartStop
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def mosquitto_binary() -> str:
     )
 
 
-class MosquittoProcess:
+class MosquittoProcess(StartStop):
     """One broker process. ``config_text`` must contain ``{port}``."""
 
     def __init__(self, workdir: Path, config_text: str, port: int | None = None) -> None:
@@ -62,6 +62,13 @@ class MosquittoProcess:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
+
+    @property
+    def pid(self) -> int:
+        """The broker's process id (to signal it); BrokerError when it is not running."""
+        if self._process is None or self._process.returncode is not None:
+            raise BrokerError(f"mosquitto in {self.workdir} is not running")
+        return self._process.pid
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -106,15 +113,3 @@ class MosquittoProcess:
         except TimeoutError:
             process.kill()
             await process.wait()
-
-    async def __aenter__(self) -> MosquittoProcess:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -20,14 +20,14 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from types import TracebackType
 
 from aiohttp import web
 
-from gateway.cache.budget import TokenBucket
-from gateway.cache.rules import RangeNotSatisfiable, parse_range
-from gateway.errors import RejectedInput
+from gateway.cache.rules import RangeNotSatisfiable
+from gateway.cache.rules import byte_range as byte_range_of
 from gateway.lab.mosquitto import free_port
+from gateway.lab.running import StartStop
+from gateway.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class OriginRequest:
     range: str | None
 
 
-class Origin:
+class Origin(StartStop):
     """Start with ``async with Origin() as origin``; ``origin.add(name, data)`` gives the URL."""
 
     def __init__(self, rate_bytes_per_s: float = 0, port: int | None = None) -> None:
@@ -94,18 +94,6 @@ class Origin:
         if runner is not None:
             await runner.cleanup()
 
-    async def __aenter__(self) -> Origin:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         blob = self.blobs.get(name)
@@ -113,8 +101,8 @@ class Origin:
         if blob is None:
             return web.Response(status=404, text="no such file")
         try:
-            byte_range = parse_range(request.headers.get("Range"), len(blob))
-        except (RejectedInput, RangeNotSatisfiable):
+            byte_range = byte_range_of(request.http_range, len(blob))
+        except (ValueError, RangeNotSatisfiable):
             return web.Response(status=416, headers={"Content-Range": f"bytes */{len(blob)}"})
         start, end = (byte_range.start, byte_range.end + 1) if byte_range else (0, len(blob))
         response = web.StreamResponse(status=206 if byte_range else 200)

@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from types import TracebackType
 
 from gateway.lab.mosquitto import free_port
+from gateway.lab.running import StartStop
 
 log = logging.getLogger(__name__)
 
 CHUNK = 65_536
 
 
-class LinkProxy:
+class LinkProxy(StartStop):
     """Forwards 127.0.0.1:``port`` to ``target_host``:``target_port`` while the link is up."""
 
     def __init__(self, target_host: str, target_port: int, port: int | None = None) -> None:
@@ -119,15 +119,3 @@ class LinkProxy:
                 else:
                     self.bytes_down += len(data)
                 await writer.drain()
-
-    async def __aenter__(self) -> LinkProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

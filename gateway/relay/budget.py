@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NEVER_SHED = frozenset({"result", "rejection"})
-
 
 @dataclass(frozen=True)
 class Pending:

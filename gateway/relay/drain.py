@@ -3,7 +3,7 @@
 One batch at a time: the next pending rows in priority order (results and
 rejections, then summaries, then tablet state; sequence order within a
 kind), as many of one kind as fit ``batch_max_bytes`` once compressed
-(gateway.relay.wire), paced under ``max_bytes_per_s`` (gateway.relay.pacing),
+(gateway.relay.wire), paced under ``max_bytes_per_s`` (gateway.pacing),
 published with QoS 1 on ``.../up/<kind>``. Only after the PUBACK are the rows
 removed (gateway.relay.outbox.acknowledge). If the link drops mid-batch the
 rows stay and go again later with the same sequence numbers; the academy
@@ -23,8 +23,8 @@ from gateway.backoff import backoff_delay
 from gateway.broker.link import BrokerLink
 from gateway.errors import BrokerError
 from gateway.metrics import Counters
+from gateway.pacing import TokenBucket
 from gateway.relay import outbox
-from gateway.relay.pacing import Pacer
 from gateway.relay.wire import envelope_line, fit_batch
 from gateway.store.database import Database
 from gateway.store.health import retry_while_unavailable
@@ -57,7 +57,7 @@ class OutboxDrain:
         self._gateway_id = gateway_id
         self._batch_max_bytes = batch_max_bytes
         self._batch_rows = batch_rows
-        self._pacer = Pacer(max_bytes_per_s, burst_bytes=max(batch_max_bytes, max_bytes_per_s))
+        self._pacer = TokenBucket(max_bytes_per_s, burst=max(batch_max_bytes, max_bytes_per_s))
         self._work = asyncio.Event()
 
     def notify(self) -> None:
@@ -89,9 +89,7 @@ class OutboxDrain:
             payload, count = fit_batch(lines, self._batch_max_bytes)
             rows = rows[:count]
             topic = academy_up(self._school_id, self._gateway_id, kind)
-            delay = self._pacer.delay_for(
-                len(payload) + len(topic) + MQTT_OVERHEAD_BYTES, loop.time()
-            )
+            delay = self._pacer.take(len(payload) + len(topic) + MQTT_OVERHEAD_BYTES, loop.time())
             if delay > 0:
                 self._counters.inc("upstream_paced_waits")
                 await asyncio.sleep(delay)

@@ -15,6 +15,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from gateway.config import Config
 from gateway.errors import SecurityError
 
 log = logging.getLogger(__name__)
@@ -65,3 +66,14 @@ def read_admin_token(state_dir: Path) -> str:
         return (state_dir / TOKEN_FILE).read_text().strip()
     except OSError as exc:
         raise SecurityError(f"cannot read admin token in {state_dir}: {exc.strerror}") from exc
+
+
+def admin_api_url(config: Config, path: str) -> str:
+    """The URL of ``path`` on this box's admin API (a wildcard listen address means loopback)."""
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    return f"http://{host}:{config.http.port}{path}"
+
+
+def admin_headers(state_dir: Path) -> dict[str, str]:
+    """The bearer token header for the admin API (SecurityError when it cannot be read)."""
+    return {"Authorization": f"Bearer {read_admin_token(state_dir)}"}

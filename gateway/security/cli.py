@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, add_config_argument, load_config
+from gateway.health.box import lan_addresses
 from gateway.security import registry
 from gateway.security.broker_files import load_identity
 from gateway.security.enrollment import enrollment_url
-from gateway.security.identity import lan_addresses
 from gateway.security.revocation import revoke_tablet
 from gateway.store.database import DATABASE_FILE, Database
 

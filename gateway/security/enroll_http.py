@@ -32,6 +32,7 @@ from gateway.metrics import Counters
 from gateway.security import pki, registry
 from gateway.security.enrollment import parse_enroll_request
 from gateway.security.identity import Identity, PkiPaths
+from gateway.serving import serve_until_cancelled
 from gateway.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -127,15 +128,11 @@ async def serve_enrollment(
 ) -> None:
     """Serve HTTPS on ``enrollment.host:port`` until cancelled."""
     settings = endpoint.config.enrollment
-    runner = web.AppRunner(endpoint.build_app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        context = server_context(endpoint.identity.paths)
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
-        await site.start()
-        log.info("enrollment endpoint on https://%s:%d/enroll", settings.host, settings.port)
-        if started is not None:
-            started.set()
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_cancelled(
+        endpoint.build_app(),
+        settings.host,
+        settings.port,
+        started,
+        ssl_context=server_context(endpoint.identity.paths),
+        name="enrollment endpoint",
+    )

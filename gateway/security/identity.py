@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from gateway.health.box import lan_addresses
 from gateway.security import pki
 from gateway.security.keyfiles import (
     check_private_file,
@@ -110,23 +111,6 @@ def server_names(
     dns = ["localhost", f"{host}.local", *extra_names]
     ips = ["127.0.0.1", *addresses]
     return ServerNames(tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips)))
-
-
-def lan_addresses() -> list[str]:
-    """IPv4 addresses of the box's interfaces (netifaces), loopback excluded."""
-    import netifaces
-
-    found: list[str] = []
-    for name in netifaces.interfaces():
-        try:
-            entries = netifaces.ifaddresses(name).get(netifaces.AF_INET) or []
-        except ValueError:  # the interface went away between the two calls
-            continue
-        for entry in entries:
-            address = str(entry.get("addr", ""))
-            if address and not address.startswith("127."):
-                found.append(address)
-    return found
 
 
 def local_server_names(extra_names: Sequence[str] = ()) -> ServerNames:

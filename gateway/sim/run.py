@@ -12,19 +12,6 @@ from gateway.sim.fleet import Fleet, FleetSettings
 log = logging.getLogger(__name__)
 
 
-def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="school broker host")
-    parser.add_argument("--port", type=int, default=1883, help="school broker port")
-    parser.add_argument("--tablets", type=int, default=20, help="how many tablets")
-    parser.add_argument(
-        "--interval", type=float, default=5.0, help="seconds between reports (0 = flat out)"
-    )
-    parser.add_argument("--reports", type=int, default=None, help="stop after N reports each")
-    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
-    parser.add_argument("--prefix", default="tab", help="device id prefix")
-    parser.add_argument("--seed", type=int, default=1)
-
-
 async def run_sim(args: argparse.Namespace) -> int:
     fleet = Fleet(
         FleetSettings(

@@ -45,7 +45,7 @@ class SummaryMaker:
         rules: SummaryRules,
         health: HealthSource,
         extra: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
-        on_enqueued: Callable[[], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._budget = budget
@@ -54,7 +54,7 @@ class SummaryMaker:
         self._rules = rules
         self._health = health
         self._extra = extra
-        self._on_enqueued = on_enqueued
+        self._on_committed = on_committed
 
     async def _enqueue(self, body: dict[str, Any], now: float) -> None:
         async with self._db.transaction() as conn:
@@ -81,6 +81,6 @@ class SummaryMaker:
             body.update(await self._extra())
         await retry_while_unavailable(lambda: self._enqueue(body, now))
         self._counters.inc("summaries_made")
-        if self._on_enqueued is not None:
-            self._on_enqueued()
+        if self._on_committed is not None:
+            self._on_committed()
         return body

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -69,20 +68,3 @@ def build_app(
 
         add_content_routes(app, cache)
     return app
-
-
-async def serve_until_cancelled(
-    app: web.Application, host: str, port: int, started: asyncio.Event | None = None
-) -> None:
-    """Run ``app`` on host:port until the task is cancelled, then clean up."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        log.info("HTTP server listening on %s:%d", host, port)
-        if started is not None:
-            started.set()
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()

@@ -1,9 +1,4 @@
-"""The uplink budget: a token bucket (bytes/s) and off-peak windows, as pure values.
-
-The bucket works by reservation: ``take`` always succeeds and returns how
-long the caller must wait before using what it took, so concurrent takers
-queue up in time instead of polling. A rate of 0 means no limit.
-"""
+"""Off-peak windows (``cache.offpeak_windows``), when prefetch may use the uplink: pure values."""
 
 from __future__ import annotations
 
@@ -13,25 +8,6 @@ from dataclasses import dataclass
 from gateway.errors import ConfigError
 
 _WINDOW = re.compile(r"([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)")
-
-
-class TokenBucket:
-    """``rate`` bytes/s with up to ``burst`` bytes of credit."""
-
-    def __init__(self, rate: float, burst: float | None = None, now: float = 0.0) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(rate / 4, 64 * 1024)
-        self.tokens = self.burst
-        self.stamp = now
-
-    def take(self, amount: int, now: float) -> float:
-        """Reserve ``amount`` bytes; return the seconds to wait before sending them."""
-        if self.rate <= 0:
-            return 0.0
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= amount
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 @dataclass(frozen=True)

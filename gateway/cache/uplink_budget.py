@@ -13,7 +13,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from gateway.cache.budget import TokenBucket, Window, in_windows
+from gateway.cache.offpeak import Window, in_windows
+from gateway.pacing import TokenBucket
 
 WINDOW_RECHECK_S = 30.0
 
