@@ -19,7 +19,7 @@ That is the gateway's path with no verification, no durability and no
 bookkeeping.
 
 The last line is JSON: tablets, results, gateway_seconds, floor_seconds,
-ratio (gateway / floor; target <= 2.0), plus the machine's load.
+ratio (gateway / floor; target <= 1.2), plus the machine's load.
 """
 
 from __future__ import annotations

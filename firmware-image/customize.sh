@@ -25,7 +25,10 @@ done
 # Files of the image: journald volatile, DHCP on the wired port, fstab,
 # hostname, the provisioning step.
 cp -a "$here/rootfs/." "$root/"
-chmod 0755 "$root/usr/lib/school-gateway/provision"
+chmod 0755 "$root/usr/lib/school-gateway/provision" "$root/usr/lib/school-gateway/grow-data"
+# sshd's host keys are made on each box at its first sshd start (ssh.service
+# drop-in), never shared by every box flashed from this image.
+rm -f "$root"/etc/ssh/ssh_host_*
 
 # The service user, for the gateway and (see the mosquitto drop-in) the
 # school broker.
@@ -64,6 +67,7 @@ install -D -m 0644 "$repo/systemd/mosquitto.service.d/school-gateway.conf" \
     "$root/etc/systemd/system/mosquitto.service.d/school-gateway.conf"
 systemctl --root="$root" enable gateway.service mosquitto.service \
     school-gateway-broker-reload.path school-gateway-firstboot.service \
+    school-gateway-grow-data.service ssh.service \
     systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
 
 # The state directory is the data partition's root; owned by the service.

@@ -37,6 +37,7 @@ from gateway.commands.clock import BoxClock
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import AcceptedCommands, CommandIntake
+from gateway.commands.local import LocalActions
 from gateway.commands.results import CommandResults
 from gateway.config import AcademyBrokerSection, Config, SchoolBrokerSection
 from gateway.errors import BrokerError, GatewayError, RejectedInput
@@ -46,11 +47,16 @@ from gateway.metrics import Counters, Reading
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
 from gateway.relay.outbox import OutboxBudget
+from gateway.school_console.accounts import ConsoleAccounts
+from gateway.school_console.console import install_console
+from gateway.school_console.services import BoxServices
+from gateway.school_console.setup import ensure_first_it_contact
 from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
 from gateway.security.escrow import EscrowPublisher, public_key_from_config
 from gateway.security.identity import Identity
+from gateway.security.revocation import Revocation, revoke_tablet
 from gateway.security.tls import academy_context, missing_academy_cert, school_broker_context
 from gateway.serving import serve_until_cancelled
 from gateway.signed import load_public_keys
@@ -86,6 +92,7 @@ class Flows:
     intake: CommandIntake
     results: CommandResults
     cache: CacheService
+    clock: BoxClock
 
 
 class Gateway:
@@ -114,6 +121,7 @@ class Gateway:
         # When the uplink went down (None while connected), and why it cannot connect.
         self._uplink_down_since: float | None = time.time()
         self._uplink_problem: str | None = None
+        self.console: BoxServices | None = None
 
     def stop(self) -> None:
         """Ask ``run`` to shut down in order (safe from a signal handler)."""
@@ -132,6 +140,8 @@ class Gateway:
             await self._prepare_school_broker(identity, db)
             self._flows = flows = await self._build_flows(db)
             self.cache = flows.cache
+            if self.config.console.enabled:
+                self.console = await self._console(flows, identity, db)
             services = self._services(flows, identity, db, admin_token)
             await self._serve(services, flows)
         finally:
@@ -290,7 +300,7 @@ class Gateway:
             extra=self._summary_sections,
             on_committed=drain.notify,
         )
-        return Flows(drain, ingest, summaries, delivery, intake, results, cache)
+        return Flows(drain, ingest, summaries, delivery, intake, results, cache, box_clock)
 
     def _services(
         self, flows: Flows, identity: Identity, db: Database, admin_token: str
@@ -298,6 +308,8 @@ class Gateway:
         """Every long-running task, by name."""
         http = self.config.http
         web_app = build_app(self.status, admin_token, flows.cache, metrics=self.metrics)
+        if self.console is not None:
+            install_console(web_app, self.console)
         services: dict[str, Coroutine[Any, Any, None]] = {
             "school-broker": self.school_link.run(),
             "academy-broker": self._run_academy_link(),
@@ -324,6 +336,60 @@ class Gateway:
             if announcement is not None:
                 services["mdns"] = announcement
         return services
+
+    async def _console(self, flows: Flows, identity: Identity, db: Database) -> BoxServices:
+        """The school console's view of the gateway (gateway/school_console), and its
+        first IT-contact account or set-up code."""
+        g, console = self.config.gateway, self.config.console
+        secure = not self.config.school_broker.lab_plain_listener
+        services = BoxServices(
+            config=self.config,
+            db=db,
+            academy_link=self.academy_link,
+            school_link=self.school_link,
+            outbox_budget_bytes=self.outbox_budget.budget_bytes,
+            last_summary_acked=lambda: flows.drain.last_acked.get("summary"),
+            local_actions=LocalActions(
+                db,
+                school_id=g.school_id,
+                max_unfinished=self.config.commands.max_unfinished_commands,
+                on_accepted=flows.delivery.command_accepted,
+                on_committed=flows.drain.notify,
+                clock=flows.clock,
+            ),
+            cache=flows.cache,
+            revoke=(
+                (lambda device_id: self._revoke_tablet(identity, db, device_id)) if secure else None
+            ),
+            ca_fingerprint=identity.ca_fingerprint if secure else None,
+        )
+        await ensure_first_it_contact(
+            ConsoleAccounts(db),
+            g.state_dir,
+            console.first_it_contact,
+            console.first_it_password_hash,
+        )
+        return services
+
+    async def _revoke_tablet(self, identity: Identity, db: Database, device_id: str) -> Revocation:
+        """Revoke from the console, and record the tablet offline.
+
+        The broker cannot send the tablet's last will for it: the revoked
+        tablet's new ACL denies every topic, its will included. So once its
+        session is closed the gateway publishes the offline presence itself,
+        retained, replacing the tablet's retained birth.
+        """
+        result = await revoke_tablet(self.config, identity, db, device_id)
+        if result.session_closed:
+            try:
+                await self.school_link.publish(
+                    topics.tablet_status(device_id), b'{"online":false}', qos=1, retain=True
+                )
+            except BrokerError as exc:
+                log.warning(
+                    "revoked %s, but its offline presence was not published: %s", device_id, exc
+                )
+        return result
 
     async def _serve(self, services: dict[str, Coroutine[Any, Any, None]], flows: Flows) -> None:
         g = self.config.gateway

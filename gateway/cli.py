@@ -9,6 +9,7 @@
     academy           the academy's side: keys, signed commands, watch results
     cache import DIR  seed the update cache from a folder (USB drive), verifying hashes
     decode            print an upstream payload (academy side) as JSON lines
+    console           the school console: hash-password for provisioning
 
 Each flow adds its own commands through a ``register(subparsers)`` function.
 """
@@ -62,13 +63,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from gateway.school_console.setup import console_setup_code
     from gateway.status_view import fetch_status, render_status
 
     status = asyncio.run(fetch_status(args.config))
+    code = console_setup_code(args.config)
+    if code is not None:
+        status["console_setup_code"] = code
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(render_status(status))
+        if code is not None:
+            print(f"console set-up code: {code} (type it at http://<this box>/setup)")
     return 0
 
 
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.academy.cli import register as register_academy
 
     register_academy(commands)
+    from gateway.school_console.cli import register as register_console
+
+    register_console(commands)
     from gateway.relay.decode import register as register_decode
 
     register_decode(commands)

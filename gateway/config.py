@@ -173,6 +173,35 @@ class EscrowSection:
 
 
 @dataclass(frozen=True)
+class TechniciansSection:
+    """Who may log in to the box over SSH (read by the image's provisioning step).
+
+    The gateway itself does not use it; it is declared so the provisioning
+    file, which is also the gateway's config, may carry it.
+    """
+
+    ssh_keys: tuple[str, ...] = ()  # OpenSSH public key lines; none = no SSH at all
+
+
+@dataclass(frozen=True)
+class ConsoleSection:
+    """The school's own web console on the HTTP port (gateway/school_console)."""
+
+    enabled: bool = True
+    # True when the console is reached through TLS: cookies then never travel in clear.
+    secure_cookies: bool = False
+    session_lifetime_s: float = field(default=12 * 3600.0, metadata={"min": 60})
+    # The first IT-contact account: from provisioning (an scrypt hash, see
+    # docs/operations.md), else a one-time set-up code shown by `status`.
+    first_it_contact: str = field(
+        default="informatique", metadata={"pattern": r"^[a-z0-9._-]{2,40}$"}
+    )
+    first_it_password_hash: str = ""
+    # Folders a USB stick may be imported from (the page refuses any other path).
+    import_roots: tuple[str, ...] = ("/media", "/mnt")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one field per TOML table."""
 
@@ -187,6 +216,8 @@ class Config:
     enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
     escrow: EscrowSection = field(default_factory=EscrowSection)
+    technicians: TechniciansSection = field(default_factory=TechniciansSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
 
 
@@ -317,3 +348,20 @@ def _check_range(spec: dataclasses.Field[Any], value: Any, *, key: str, source: 
     pattern = spec.metadata.get("pattern")
     if pattern is not None and not re.fullmatch(pattern, value):
         raise ConfigError(f"{source}: {key} must match {pattern}, got {value!r}")
+
+
+def build_dataclass(cls: type[_T], table: dict[str, Any], *, source: Path) -> _T:
+    """Build any config dataclass tree with the same rules (the academy's config uses it)."""
+    return _build(cls, table, prefix="", source=source)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a table, or ConfigError naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc

@@ -345,3 +345,32 @@ class TestDiskErrors:
         assert f"cannot read {stored}" in caplog.text
         status, _, body = await lab.get(f"{'0' * 64}")  # the server keeps going
         assert status == 404
+
+
+def protocol_doc() -> str:
+    return (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+
+
+class TestTraversal:
+    """A path that tries to leave /content/ gets what docs/protocol.md says, never a file."""
+
+    async def raw_get(self, lab: CacheLab, path: str) -> tuple[int, bytes]:
+        host, port = lab.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    async def test_dot_dot_is_404_and_encoded_is_400_as_documented(self, lab):
+        await lab.start()
+        secret = lab.service.paths.root.parent / "gateway.toml"
+        secret.write_text("not for tablets")
+        status, body = await self.raw_get(lab, "/content/../gateway.toml")
+        assert status == 404 and b"not for tablets" not in body
+        status, body = await self.raw_get(lab, "/content/..%2F..%2Fgateway.toml")
+        assert status == 400 and json.loads(body)["error"] == "bad_hash"
+        assert "`..` segment is resolved before routing" in protocol_doc()

@@ -39,6 +39,7 @@ class TestDaemonAndStatus:
 
             async def live_status() -> dict:
                 result = await run_cli("status", "--config", str(config), "--json")
+                assert result.stdout, result.stderr
                 return json.loads(result.stdout)
 
             status: dict = {}
@@ -55,6 +56,9 @@ class TestDaemonAndStatus:
             human = await run_cli("status", "--config", str(config))
             assert "gateway gw-test (school school-test)" in human.stdout
             assert "brokers: school connected, academy connected" in human.stdout
+            # No IT contact yet: the console's one-time set-up code, shown only here.
+            code = (tmp_path / "state" / "console-setup-code").read_text().strip()
+            assert f"console set-up code: {code[:4]}-{code[4:8]}-{code[8:]}" in human.stdout
         finally:
             daemon.send_signal(signal.SIGTERM)
             out, _ = await asyncio.wait_for(daemon.communicate(), 20)
@@ -95,6 +99,10 @@ class TestDemo:
         assert summary["tablets"] == 5
         assert summary["state_reports_received"] >= 5
         assert summary["state_relayed_upstream"] >= 5
+        # Three gateways (the demo's own and two more schools) reached the academy's store.
+        assert summary["academy_schools"] == 3
+        assert summary["academy_tablets"] >= 5
+        assert "demo: academy console http://127.0.0.1:" in result.stdout
 
     async def test_ctrl_c_stops_cleanly_with_a_summary(self):
         process = await asyncio.create_subprocess_exec(

@@ -54,8 +54,30 @@ def kvm_wanted() -> bool:
     return wanted and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def qemu_command(image: BuiltImage, console: Path, *, kvm: bool) -> list[str]:
+DISK_BYTES = 8 * 1024**3  # the virtual card: bigger than the image, so the data partition grows
+BOOT_EXTRA = re.compile(r"BOOT-CHECK-EXTRA ssh=(\S+) ssh\.service=(\S+) data_bytes=(\d+)")
+
+
+def card(image: BuiltImage, directory: Path) -> Path:
+    """A copy-on-write 'SD card' of DISK_BYTES over the image (the image is never written)."""
+    overlay = directory / "card.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.image),
+         str(overlay), str(DISK_BYTES)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return overlay
+
+
+def qemu_command(
+    image: BuiltImage, console: Path, *, kvm: bool, disk: Path | None = None
+) -> list[str]:
     """The QEMU command line: no network card, serial console into a file."""
+    drive = (
+        f"file={disk},if=virtio,format=qcow2"
+        if disk is not None
+        else f"file={image.image},if=virtio,format=raw,snapshot=on"
+    )
     common = [
         "-m", "1024",
         "-smp", "2",
@@ -66,7 +88,7 @@ def qemu_command(image: BuiltImage, console: Path, *, kvm: bool) -> list[str]:
         "-serial", f"file:{console}",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
-        "-drive", f"file={image.image},if=virtio,format=raw,snapshot=on",
+        "-drive", drive,
     ]  # fmt: skip
     cmdline = "root=LABEL=rootA rw panic=-1 systemd.show_status=1"
     if image.arch == "arm64":
@@ -165,7 +187,12 @@ class TestImageBoot:
         self, built_image: BuiltImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         console = tmp_path / "console.log"
-        command = qemu_command(built_image, console, kvm=ARCH == "amd64" and kvm_wanted())
+        command = qemu_command(
+            built_image,
+            console,
+            kvm=ARCH == "amd64" and kvm_wanted(),
+            disk=card(built_image, tmp_path),
+        )
         started = time.monotonic()
         with subprocess.Popen(command, stdin=subprocess.DEVNULL) as vm:
             try:
@@ -185,3 +212,11 @@ class TestImageBoot:
             )
         states = boot_check(text)
         assert states == ("active", "active"), f"console tail:\n{text[-6000:]}"
+        extra = BOOT_EXTRA.search(text)
+        with capsys.disabled():
+            print(f"image {built_image.arch}: {extra.group(0) if extra else 'no BOOT-CHECK-EXTRA'}")
+        assert extra is not None, f"console tail:\n{text[-6000:]}"
+        # The provisioning file gives a technician key: sshd runs and listens.
+        assert extra.group(1, 2) == ("listening", "active"), f"console tail:\n{text[-6000:]}"
+        # The 1 GiB data partition grew to the end of the 8 GiB card (about 3.7 GiB).
+        assert int(extra.group(3)) > 2 * 1024**3, f"console tail:\n{text[-6000:]}"

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"relay"},
     {"state"},
     {"commands", "cache", "appliance"},
-    {"web", "academy", "status_view"},
+    {"web", "school_console", "academy", "status_view"},
     {"app"},
     {"lab", "sim", "demo"},  # the kit: never imported by what runs on a box
     {"cli", "__main__"},

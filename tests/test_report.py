@@ -27,6 +27,15 @@ class TestGoodReports:
         assert parsed.group == "class-01"
         assert parsed.as_dict()["apps"] == json.loads(report())["apps"]
 
+    def test_relayed_as_sent_without_an_invented_content(self):
+        body = json.loads(report())
+        body.pop("content", None)
+        parsed = parse_state_report("tab-0001", json.dumps(body).encode(), max_bytes=16384)
+        assert "content" not in parsed.as_dict()
+        body["content"] = []
+        parsed = parse_state_report("tab-0001", json.dumps(body).encode(), max_bytes=16384)
+        assert parsed.as_dict()["content"] == []
+
     def test_presence(self):
         assert parse_presence("tab-0001", b'{"online": false}').online is False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,26 @@ class TestCertificates:
             pki.parse_csr(csr)
         assert error.value.reason == "malformed_csr"
         assert detail in error.value.detail
+
+    def test_ed25519_csr_is_refused_as_security_md_says(self):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        from cryptography.x509.oid import NameOID
+
+        key = ed25519.Ed25519PrivateKey.generate()
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tablet")]))
+            .sign(key, None)
+        )
+        with pytest.raises(RejectedInput) as error:
+            pki.parse_csr(csr.public_bytes(serialization.Encoding.PEM))
+        assert error.value.reason == "malformed_csr"
+        assert "Ed25519" in error.value.detail
+        security = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+        assert "Ed25519, other curves and shorter RSA keys are refused" in security
+        assert "SHA-256 of the CA certificate's **DER** form" in security
 
 
 class TestTokens:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -124,3 +125,26 @@ class TestAcademyMutualTls:
         assert not running.gateway.academy_link.is_connected
         assert "academy broker refused: its certificate is not trusted" in caplog.text
         assert running.gateway.school_link.is_connected
+
+
+class TestAcademyRefusesOurCertificate:
+    """The academy does not trust our client certificate: the log says that, in one line."""
+
+    async def test_says_the_client_certificate_was_refused(
+        self, start_secure_gateway, academy_ca, tls_academy, tmp_path, caplog
+    ):
+        caplog.set_level(logging.INFO)
+        # The broker's own certificate is fine; it trusts other clients than us.
+        broker = await tls_academy(
+            academy_files(tmp_path / "academy", academy_ca, new_ca("other-clients"))
+        )
+        running = await start_secure_gateway(
+            {"academy_broker": {"port": broker.port, "ca_file": str(tmp_path / "academy-ca.crt")}}
+        )
+        counters = running.gateway.counters
+        assert await wait_until(lambda: counters.get("broker_connection_errors") >= 1, 15)
+        refused = [
+            r.getMessage() for r in caplog.records if "academy broker link down" in r.getMessage()
+        ]
+        assert refused and "refused our client certificate" in refused[0], refused
+        assert "Bad file descriptor" not in caplog.text

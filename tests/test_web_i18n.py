@@ -14,6 +14,14 @@ ROOT = Path(__file__).resolve().parents[1] / "gateway"
 # (folder of the code and templates, its catalogue): each console adds its own line.
 CATALOGUES = [
     (ROOT / "web", CatalogueSource(ROOT / "web" / "locale", "web")),
+    (
+        ROOT / "academy" / "console",
+        CatalogueSource(ROOT / "academy" / "console" / "locale", "academy"),
+    ),
+    (
+        ROOT / "school_console",
+        CatalogueSource(ROOT / "school_console" / "locale", "school_console"),
+    ),
 ]
 
 

@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import importlib
 import json
+import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,10 @@ def register(commands: Any) -> None:
     watch.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
     watch.add_argument("--json", action="store_true", help="print decoded messages as JSON")
     watch.set_defaults(handler=_cmd_watch)
+
+    from gateway.academy.service_cli import register_service
+
+    register_service(sub)
 
 
 def _command_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,10 +197,37 @@ async def publish_envelope(
 
     A manifest is retained: a gateway that connects later gets the latest one.
     """
-    topic = topics.academy_manifest(school_id) if manifest else topics.academy_commands(school_id)
+    if manifest:
+        await _publish(host, port, [(topics.academy_manifest(school_id), envelope, True)])
+    else:
+        await publish_envelopes(host, port, [(school_id, envelope)])
+
+
+async def publish_envelopes(
+    host: str,
+    port: int,
+    envelopes: Sequence[tuple[str, bytes]],
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Publish each (school, command envelope) to that school's command topic, QoS 1, on
+    one connection, waiting for every acknowledgement (the console sends through this)."""
+    await _publish(
+        host, port, [(topics.academy_commands(s), e, False) for s, e in envelopes], tls=tls
+    )
+
+
+async def _publish(
+    host: str,
+    port: int,
+    messages: Sequence[tuple[str, bytes, bool]],
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     try:
-        async with aiomqtt.Client(host, port, timeout=10) as client:
-            await client.publish(topic, envelope, qos=1, retain=manifest)
+        async with aiomqtt.Client(host, port, timeout=10, tls_context=tls) as client:
+            for topic, payload, retain in messages:
+                await client.publish(topic, payload, qos=1, retain=retain)
     except aiomqtt.MqttError as exc:
         raise BrokerError(f"academy broker {host}:{port}: {exc}") from exc
 

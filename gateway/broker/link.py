@@ -405,6 +405,8 @@ class BrokerLink:
                 if exc.reason == "tls_untrusted":
                     self.count("broker_tls_refused")
                     log.error("%s broker refused: its certificate is not trusted: %s", name, exc)
+                elif exc.reason == "tls_client_refused":
+                    log.error("%s broker link down: %s", name, exc)
                 else:
                     log.warning("%s broker link down: %s", name, exc)
                 if self.connected.is_set():  # it was up: a new outage starts from short delays
@@ -459,6 +461,19 @@ class BrokerLink:
                     accepted = await connection.accepted
             except TimeoutError:
                 raise LinkDown("connect_timeout", "no CONNACK") from None
+            except LinkDown as exc:
+                if s.tls is not None and exc.reason == "connection_lost":
+                    # TLS 1.3: the broker checks our certificate after our side of the
+                    # handshake is done, so its refusal shows as a connection closed
+                    # before CONNACK, not as a TLS error.
+                    raise LinkDown(
+                        "tls_client_refused",
+                        f"closed before answering CONNECT ({str(exc).partition(': ')[2]}): "
+                        "it most likely "
+                        "refused our client certificate (not signed by a CA it trusts, "
+                        "expired, or revoked)",
+                    ) from exc
+                raise
             if accepted.server_keep_alive:  # the broker's word wins (MQTT 5, 3.2.2.3.14)
                 connection.keepalive.interval_s = accepted.server_keep_alive
             self._connection = connection

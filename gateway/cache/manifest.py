@@ -6,7 +6,7 @@ Envelope (the same scheme and code as commands: gateway.signed):
      "signature": "<base64 Ed25519 signature over the payload bytes>"}
 
 ``key_id`` is the free name under which the key is listed in
-``[commands.academy_keys]`` (name = base64 of the raw 32-byte Ed25519 public
+``[commands.academy_keys]`` (name -> base64 of the raw 32-byte Ed25519 public
 key); it is not the key itself. Payload (JSON):
 
     {"type": "cache_manifest", "serial": 7, "issued_at": 1764000000,

@@ -70,12 +70,18 @@ async def import_files(
     wanted: Mapping[str, Entry],
     staging: Path,
     admit: Callable[[Entry], str | None],
+    *,
+    report: ImportReport | None = None,
 ) -> ImportReport:
-    """Copy-and-verify every candidate file under ``folder`` into ``staging``."""
+    """Copy-and-verify every candidate file under ``folder`` into ``staging``.
+
+    ``report`` (a new one by default) is filled as files are examined.
+    """
     if not await asyncio.to_thread(folder.is_dir):
         raise CacheError(f"{folder} is not a directory")
     sizes = {e.size for e in wanted.values()}
-    report = ImportReport(wanted=len(wanted))
+    report = report if report is not None else ImportReport()
+    report.wanted = len(wanted)
     for root, _dirs, files in os.walk(folder):
         for name in sorted(files):
             path = Path(root) / name

@@ -339,14 +339,21 @@ class CacheService:
 
     # -- seeding ------------------------------------------------------------------
 
-    async def import_directory(self, folder: Path) -> ImportReport:
-        """Import files from ``folder`` (a USB drive) that match known, uncached items."""
+    async def import_directory(
+        self, folder: Path, *, report: ImportReport | None = None
+    ) -> ImportReport:
+        """Import files from ``folder`` (a USB drive) that match known, uncached items.
+
+        ``report``, when given, is filled as the import goes (the console shows it).
+        """
         wanted = {
             e.sha256: e
             for e in self.index.entries()
             if not e.complete and e.sha256 not in self._active
         }
-        report = await import_files(folder, wanted, self.paths.partial, self._admit_for_import)
+        report = await import_files(
+            folder, wanted, self.paths.partial, self._admit_for_import, report=report
+        )
         if not wanted:
             report.note = (
                 "every item of the manifest is already cached"

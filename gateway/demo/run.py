@@ -20,6 +20,7 @@ from typing import Any
 from gateway.app import Gateway
 from gateway.broker.mosquitto_config import render_mosquitto_config
 from gateway.config import Config, config_from_mapping
+from gateway.demo.academy_scene import AcademyScene
 from gateway.demo.scenes import CacheScene, CommandScene, cut_uplink
 from gateway.demo.view import DemoView
 from gateway.lab.academy import AcademyListener
@@ -69,7 +70,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     print(f"demo: work directory {workdir} (logs in demo.log)", flush=True)
     school_port, academy_port = free_port(), free_port()
     signer = AcademySigner(SCHOOL_ID, key_id="academy-demo")
-    config = demo_config(workdir, school_port, academy_port, signer.config_keys())
+    academy = AcademyScene(workdir / "academy", academy_port, tablets=min(args.tablets, 10))
+    keys = {**signer.config_keys(), **academy.prepare_key()}
+    config = demo_config(workdir, school_port, academy_port, keys)
     school_conf = render_mosquitto_config(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,7 +83,18 @@ async def run_demo(args: argparse.Namespace) -> int:
             MosquittoProcess(workdir / "school-broker", school_conf, port=school_port) as school,
             MosquittoProcess(workdir / "academy-broker", STAND_IN_ACADEMY_CONFIG, academy_port),
         ):
-            summary = await _run_everything(args, config, school, academy_port, stop, signer=signer)
+            try:
+                await academy.start(keys)
+                print(
+                    f"demo: academy console {academy.url} "
+                    f"(sign in as {academy.login[0]} / {academy.login[1]})",
+                    flush=True,
+                )
+                summary = await _run_everything(
+                    args, config, school, academy_port, stop, signer=signer, academy=academy
+                )
+            finally:
+                await academy.stop()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -120,6 +134,7 @@ async def _run_everything(
     stop: asyncio.Event,
     *,
     signer: AcademySigner,
+    academy: AcademyScene,
 ) -> dict[str, Any]:
     proxy = LinkProxy("127.0.0.1", academy_port)
     await proxy.start()
@@ -137,7 +152,14 @@ async def _run_everything(
     cache = CacheScene(signer)
     commands = CommandScene(signer, SCHOOL_ID, cache.sha256)
     view = DemoView(
-        sys.stdout, gateway, fleet, listener, proxy=proxy, cache=cache, commands=commands
+        sys.stdout,
+        gateway,
+        fleet,
+        listener,
+        proxy=proxy,
+        cache=cache,
+        commands=commands,
+        academy=academy,
     )
     gateway_task = asyncio.create_task(gateway.run(), name="gateway")
     listener_task = asyncio.create_task(listener.run(), name="academy-listener")
@@ -184,6 +206,13 @@ async def _run_everything(
             if view.outbox.get("rows", 0) == 0:
                 break
             await asyncio.sleep(0.2)
+        # Every school's gateway has reached the academy's store.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            await academy.refresh()
+            if academy.figures().get("academy_schools", 0) >= 1 + len(academy.schools):
+                break
+            await asyncio.sleep(0.2)
     await _cancel(*scenes, view_task)
     await cache.origin.stop()
     await view.refresh()
@@ -191,6 +220,7 @@ async def _run_everything(
     await asyncio.wait_for(gateway_task, 15)
     await _cancel(listener_task)
     await proxy.stop()
+    await academy.refresh()
     figures = view.figures()
     figures.pop("tablets_connected")
     figures["duration_s"] = round(time.monotonic() - view.started, 1)

@@ -7,6 +7,7 @@ import time
 from typing import Any, TextIO
 
 from gateway.app import Gateway
+from gateway.demo.academy_scene import AcademyScene
 from gateway.demo.scenes import CACHE_FETCHERS, CACHE_ITEM_BYTES, CacheScene, CommandScene
 from gateway.lab.academy import AcademyListener
 from gateway.lab.commands import academy_view
@@ -30,6 +31,7 @@ class DemoView:
         proxy: LinkProxy,
         cache: CacheScene,
         commands: CommandScene,
+        academy: AcademyScene | None = None,
     ) -> None:
         self.out = out
         self.gateway = gateway
@@ -38,6 +40,7 @@ class DemoView:
         self.proxy = proxy
         self.cache = cache
         self.commands = commands
+        self.academy = academy
         self.outbox: dict[str, Any] = {}
         self.outbox_peak_rows = 0
         self.started = time.monotonic()
@@ -79,6 +82,7 @@ class DemoView:
             "cache_lan_bytes_served": c.get("cache_lan_bytes_served"),
             "cache_hash_mismatches": c.get("cache_hash_mismatches"),
             "commands": self.command_progress(),
+            **(self.academy.figures() if self.academy is not None else {}),
         }
 
     def lines(self, duration: float | None) -> list[str]:
@@ -89,7 +93,7 @@ class DemoView:
         school = "connected" if g.school_link.is_connected else "DOWN"
         academy = "connected" if g.academy_link.is_connected else "DOWN"
         c = g.config.gateway
-        return [
+        lines = [
             f"School edge gateway demo: school {c.school_id}, gateway {c.gateway_id}, "
             f"{elapsed:.0f} s{limit}",
             f"  brokers   school {school}, academy {academy}",
@@ -111,9 +115,14 @@ class DemoView:
             f"{p['done']} done, {p['failed']} failed, {p['expired']} expired"
             for label, p in f["commands"].items()
         ]
+        if self.academy is not None:
+            lines += self.academy.lines()
+        return lines
 
     async def refresh(self) -> None:
         self.outbox = (await self.gateway.status()).get("outbox", {})
+        if self.academy is not None:
+            await self.academy.refresh()
         self.outbox_peak_rows = max(self.outbox_peak_rows, self.outbox.get("rows", 0))
 
     async def run(self, duration: float | None) -> None:

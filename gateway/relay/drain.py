@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 
 from gateway.backoff import backoff_delay
 from gateway.broker.link import BrokerLink
@@ -59,6 +60,8 @@ class OutboxDrain:
         self._batch_rows = batch_rows
         self._pacer = TokenBucket(max_bytes_per_s, burst=max(batch_max_bytes, max_bytes_per_s))
         self._work = asyncio.Event()
+        # kind -> when the academy broker last acknowledged a batch of it (the console shows it).
+        self.last_acked: dict[str, float] = {}
 
     def notify(self) -> None:
         """New rows were committed."""
@@ -103,6 +106,7 @@ class OutboxDrain:
                 continue
             failures = 0
             await retry_while_unavailable(functools.partial(outbox.acknowledge, self._db, rows))
+            self.last_acked[kind] = time.time()
             self._counters.inc("upstream_batches_sent")
             self._counters.inc("upstream_bytes_sent", len(payload))
             self._counters.inc("upstream_messages_sent", len(rows), kind=kind)

@@ -43,7 +43,9 @@ def render_acl(gateway_id: str, revoked_devices: Iterable[str] = ()) -> str:
         "# The gateway's own client.",
         f"user {pki.gateway_common_name(gateway_id)}",
         f"topic read {topics.TABLET_STATE_FILTER}",
-        f"topic read {topics.TABLET_STATUS_FILTER}",
+        # readwrite: a revoked tablet's will is denied by its own ACL, so the
+        # gateway replaces its retained birth with the offline presence itself.
+        f"topic readwrite {topics.TABLET_STATUS_FILTER}",
         f"topic read {topics.TABLET_RESULTS_FILTER}",
         "topic write tablets/+/commands",
         f"topic readwrite {topics.GATEWAY_STATUS}",

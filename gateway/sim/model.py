@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.state.report import StateReport
+
 OS_VERSIONS = ("13.1.2", "13.1.3", "14.0.1")
 APP_CATALOGUE = {
     "org.ent.classroom": ("2.4.0", "2.5.1"),
@@ -69,19 +71,19 @@ class TabletModel:
         self.storage_free_mb = max(0, self.storage_free_mb - self.rng.randint(0, 5))
 
     def report(self, ts: float) -> dict[str, Any]:
-        """The next state report (docs/protocol.md, "State report")."""
+        """The next state report (docs/protocol.md, "State report"), as the gateway reads it."""
         self.seq += 1
-        return {
-            "device_id": self.device_id,
-            "seq": self.seq,
-            "ts": round(ts, 3),
-            "battery_pct": self.battery_pct,
-            "charging": self.charging,
-            "storage_free_mb": self.storage_free_mb,
-            "storage_total_mb": self.storage_total_mb,
-            "os_version": self.os_version,
-            "apps": dict(self.apps),
-            "locked": self.locked,
-            "group": self.group,
-            "content": list(self.content),
-        }
+        return StateReport(
+            device_id=self.device_id,
+            seq=self.seq,
+            ts=round(ts, 3),
+            battery_pct=self.battery_pct,
+            charging=self.charging,
+            storage_free_mb=self.storage_free_mb,
+            storage_total_mb=self.storage_total_mb,
+            os_version=self.os_version,
+            apps=tuple(self.apps.items()),
+            locked=self.locked,
+            group=self.group,
+            content=tuple(self.content),
+        ).as_dict()

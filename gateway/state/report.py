@@ -36,12 +36,14 @@ class StateReport:
     apps: tuple[tuple[str, str], ...]
     locked: bool
     group: str
-    content: tuple[str, ...]
+    content: tuple[str, ...] | None  # None: the tablet did not say (not relayed as [])
     epoch: str = ""  # see gateway.state.order
 
     def as_dict(self) -> dict[str, Any]:
         """The canonical JSON form stored in the shadow and relayed upstream."""
-        extra = {"epoch": self.epoch} if self.epoch else {}
+        extra: dict[str, Any] = {"epoch": self.epoch} if self.epoch else {}
+        if self.content is not None:
+            extra["content"] = list(self.content)
         return {
             **extra,
             "device_id": self.device_id,
@@ -55,7 +57,6 @@ class StateReport:
             "apps": dict(self.apps),
             "locked": self.locked,
             "group": self.group,
-            "content": list(self.content),
         }
 
 
@@ -130,8 +131,10 @@ def _apps(obj: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(apps_raw.items()))
 
 
-def _content(obj: dict[str, Any]) -> tuple[str, ...]:
-    content_raw = obj.get("content", [])
+def _content(obj: dict[str, Any]) -> tuple[str, ...] | None:
+    if "content" not in obj:
+        return None
+    content_raw = obj["content"]
     if type(content_raw) is not list or len(content_raw) > MAX_CONTENT_ITEMS:
         raise RejectedInput("bad_field", f"'content' must be a list of <= {MAX_CONTENT_ITEMS}")
     for item in content_raw:

@@ -5,7 +5,7 @@ an older version upgrades in place. Never edit a shipped migration: add one,
 numbered one above the highest, so every database walks the same sequence:
 1 shadow and meta, 2 outbox, 3 pending state on the shadow, 4 commands and
 deliveries, 5 cache index, 6 enrollment and tablet identities, ...,
-9 revocations confirmed by the broker.
+9 revocations confirmed by the broker, 10 school console accounts and sessions.
 """
 
 from __future__ import annotations
@@ -177,5 +177,24 @@ MIGRATIONS: dict[int, str] = {
     -- commands already stored count as accepted at elapsed time 0.
     ALTER TABLE commands ADD COLUMN elapsed_deadline REAL NOT NULL DEFAULT 0;
     UPDATE commands SET elapsed_deadline = max(0, not_after - accepted_at);
+    """,
+    11: """
+    CREATE TABLE console_account (
+        name          TEXT PRIMARY KEY,
+        role          TEXT NOT NULL,                -- teacher | it
+        password_hash TEXT NOT NULL,                -- scrypt (gateway/web/passwords.py)
+        groups        TEXT NOT NULL DEFAULT '[]',   -- JSON list: the groups a teacher teaches
+        disabled      INTEGER NOT NULL DEFAULT 0,
+        created       REAL NOT NULL,
+        created_by    TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE console_session (
+        token_hash TEXT PRIMARY KEY,               -- SHA-256 of the cookie's token
+        account    TEXT NOT NULL,
+        csrf_token TEXT NOT NULL,
+        created    REAL NOT NULL,
+        expires    REAL NOT NULL
+    );
+    CREATE INDEX console_session_account ON console_session (account, created);
     """,
 }

@@ -76,7 +76,8 @@ def update(folder: Path, source: CatalogueSource, languages: Sequence[str] = LAN
             catalog = read_catalog(path)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            catalog = Catalog(locale=language, domain=source.domain)
+            catalog = Catalog(locale=language, domain=source.domain, project="school-gateway")
+            catalog.fuzzy = False
         for msgid, where in sorted(used.items()):
             if msgid not in catalog:
                 catalog.add(msgid, "", locations=[(w.rsplit(":", 1)[0], 0) for w in where[:1]])

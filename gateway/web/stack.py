@@ -97,6 +97,9 @@ class WebSettings:
     max_sessions_per_account: int = 20
     throttle: ThrottleRules = field(default_factory=ThrottleRules)
     exempt_prefixes: tuple[str, ...] = ()  # paths the stack leaves alone (bearer APIs, files)
+    # Forms posted before sign-in besides /signin (e.g. a first set-up page): they are
+    # checked against the pre-session cookie; render them with render_public_form().
+    public_forms: tuple[str, ...] = ()
     home_path: str = "/"
 
 
@@ -310,7 +313,7 @@ class WebStack:
         principal = principal_of(request)
         if principal is not None:
             expected = principal.csrf_token
-        elif request.path == "/signin":
+        elif request.path == "/signin" or request.path in self.settings.public_forms:
             expected = request.cookies.get(self._signin_cookie, "")
         else:
             expected = ""
@@ -343,14 +346,27 @@ class WebStack:
             secure=self.settings.secure_cookies,
         )
 
+    async def render_public_form(
+        self,
+        request: web.Request,
+        template: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        status: int = 200,
+    ) -> web.Response:
+        """A page with a form posted before sign-in, carrying the pre-session CSRF token."""
+        token = request.cookies.get(self._signin_cookie) or new_token()
+        request[SIGNIN_CSRF] = token
+        response = await self.render(request, template, context, status=status)
+        self._set_cookie(response, self._signin_cookie, token, 3600)
+        return response
+
     async def _signin_page(
         self, request: web.Request, *, status: int = 200, problem: str = ""
     ) -> web.Response:
         if principal_of(request) is not None and request.method == "GET":
             return redirect(safe_next(request.query.get("next"), self.settings.home_path))
-        token = request.cookies.get(self._signin_cookie) or new_token()
-        request[SIGNIN_CSRF] = token
-        response = await self.render(
+        return await self.render_public_form(
             request,
             "signin.html",
             {
@@ -360,8 +376,6 @@ class WebStack:
             },
             status=status,
         )
-        self._set_cookie(response, self._signin_cookie, token, 3600)
-        return response
 
     async def _signin(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
