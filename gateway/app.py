@@ -2,7 +2,9 @@
 
 ``run()`` builds the parts in an order where each needs only what came
 before it: the box's identity (keys and certificates, made at first start),
-the two broker links with their TLS contexts, the store, then the flows
+the broker links with their TLS contexts (two sessions on the school broker:
+state reports on one, presence, results and commands on the other, so a
+flood of reports never queues ahead of them), the store, then the flows
 (:class:`Flows`): the outbox drain, state ingest and summaries, the command
 flow (delivery, intake, results), the update cache. Every part that commits
 rows for the academy wakes the drain (``drain.notify``); the links hand each
@@ -34,6 +36,7 @@ from gateway.cache.service import CacheService
 from gateway.cache.service import summarize as summarize_cache
 from gateway.commands import queue as command_queue
 from gateway.commands.clock import BoxClock
+from gateway.commands.confirmations import ResultConfirmations
 from gateway.commands.delivery import CommandDelivery
 from gateway.commands.envelope import VerifyPolicy
 from gateway.commands.intake import AcceptedCommands, CommandIntake
@@ -61,6 +64,7 @@ from gateway.security.tls import academy_context, missing_academy_cert, school_b
 from gateway.serving import serve_until_cancelled
 from gateway.signed import load_public_keys
 from gateway.state.ingest import BATCH_SIZE, StateIngest
+from gateway.state.intake_budget import TabletBudget
 from gateway.state.report import Presence
 from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
@@ -72,6 +76,8 @@ log = logging.getLogger(__name__)
 
 # How often the gateway looks for the academy client certificate while it is missing.
 CERTIFICATE_POLL_S = 10.0
+YIELD_EVERY = 10  # state messages routed between two turns of the event loop
+MAX_BUDGET_DEVICES = 4_096  # per-tablet budgets kept (least recently seen forgotten first)
 
 
 def _presence(online: bool, gateway_id: str, store: dict[str, Any] | None = None) -> bytes:
@@ -87,10 +93,12 @@ class Flows:
 
     drain: OutboxDrain
     ingest: StateIngest
+    presence: StateIngest  # its own queue: presence never waits behind state reports
     summaries: SummaryMaker
     delivery: CommandDelivery
     intake: CommandIntake
     results: CommandResults
+    confirmations: ResultConfirmations
     cache: CacheService
     clock: BoxClock
 
@@ -103,6 +111,7 @@ class Gateway:
     """
 
     school_link: BrokerLink
+    command_link: BrokerLink
     academy_link: BrokerLink
     cache: CacheService
     _flows: Flows
@@ -121,6 +130,11 @@ class Gateway:
         # When the uplink went down (None while connected), and why it cannot connect.
         self._uplink_down_since: float | None = time.time()
         self._uplink_problem: str | None = None
+        tablets = config.tablets
+        self.tablet_budget = TabletBudget(
+            tablets.max_messages_per_s, tablets.message_burst, max_devices=MAX_BUDGET_DEVICES
+        )
+        self._state_messages = 0
         self.console: BoxServices | None = None
 
     def stop(self) -> None:
@@ -133,7 +147,7 @@ class Gateway:
         admin_token = load_or_create_admin_token(g.state_dir)
         # Keys and certificates: made at first start, refused if others can read them.
         identity = load_identity(self.config)
-        self.school_link, self.academy_link = self._links()
+        self.school_link, self.command_link, self.academy_link = self._links()
         self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
         outbox.track_peak(db)
         try:
@@ -149,8 +163,8 @@ class Gateway:
             self._db = None
             log.info("gateway stopped")
 
-    def _links(self) -> tuple[BrokerLink, BrokerLink]:
-        """The school and academy broker links, TLS included.
+    def _links(self) -> tuple[BrokerLink, BrokerLink, BrokerLink]:
+        """The school (state, then commands) and academy broker links, TLS included.
 
         Only when the academy client certificate is not installed yet does the
         academy link get its TLS context later, as it starts (_run_academy_link).
@@ -161,16 +175,35 @@ class Gateway:
             self.config.school_broker,
             client_id=f"gateway-{g.gateway_id}",
             status_topic=topics.GATEWAY_STATUS,
-            subscriptions=(
-                (topics.TABLET_STATE_FILTER, 1),
-                (topics.TABLET_STATUS_FILTER, 1),
-                (topics.TABLET_RESULTS_FILTER, 1),
-            ),
+            subscriptions=((topics.TABLET_STATE_FILTER, 1),),
             on_message=self._route_school_message,
             tls=school_broker_context(self.config),
             backoff_cap_s=5.0,
             receive_max=self.config.school_broker.receive_max,
             max_packet_size=school_packet_limit(self.config),
+        )
+        # The second session: presence and results in, deliveries and result
+        # confirmations out. The broker queues for each session apart, so a
+        # flood of state reports never fills this one's queue (docs/operations.md).
+        # No birth or will of its own: gateway/status belongs to the state session;
+        # _announce_ready says "online" again once this one has subscribed.
+        broker = self.config.school_broker
+        command_link = BrokerLink(
+            LinkSettings(
+                name="school_commands",
+                host=broker.host,
+                port=broker.port,
+                client_id=f"gateway-{g.gateway_id}-commands",
+                keepalive_s=broker.keepalive_s,
+                subscriptions=((topics.TABLET_STATUS_FILTER, 1), (topics.TABLET_RESULTS_FILTER, 1)),
+                tls=school_broker_context(self.config),
+                backoff_cap_s=5.0,
+                publish_timeout_s=broker.publish_timeout_s,
+                receive_max=broker.receive_max,
+                max_packet_size=school_packet_limit(self.config),
+            ),
+            self.counters,
+            on_message=self._route_command_message,
         )
         academy_link = self._link(
             "academy",
@@ -185,7 +218,7 @@ class Gateway:
             tls=academy_context(self.config) if missing_academy_cert(self.config) is None else None,
             max_packet_size=academy_packet_limit(self.config, MAX_MANIFEST_BYTES),
         )
-        return school_link, academy_link
+        return school_link, command_link, academy_link
 
     def _link(
         self,
@@ -251,6 +284,13 @@ class Gateway:
             # A batch never waits for more than the broker may send unacknowledged.
             batch_size=min(BATCH_SIZE, self.config.school_broker.receive_max // 2),
         )
+        presence = StateIngest(
+            db,
+            self.counters,
+            self.command_link.ack_all,
+            max_report_bytes=tablets.max_report_bytes,
+            batch_size=min(BATCH_SIZE, self.config.school_broker.receive_max // 2),
+        )
         cache = CacheService(self.config, db, self.counters, academy_keys=self._academy_keys)
         await cache.open()
         accepted = AcceptedCommands()
@@ -259,7 +299,7 @@ class Gateway:
         await box_clock.load(db)
         delivery = CommandDelivery(
             db,
-            self.school_link,
+            self.command_link,
             self.counters,
             redeliver_after_s=c.redeliver_after_s,
             retention_s=c.retention_s,
@@ -285,7 +325,14 @@ class Gateway:
             on_committed=drain.notify,
             clock=box_clock,
         )
-        results = CommandResults(db, self.counters, self.school_link.ack, on_committed=drain.notify)
+        confirmations = ResultConfirmations(self.command_link, self.counters)
+        results = CommandResults(
+            db,
+            self.counters,
+            self.command_link.ack,
+            on_committed=drain.notify,
+            on_confirm=confirmations.confirm,
+        )
         summaries = SummaryMaker(
             db,
             self.outbox_budget,
@@ -300,7 +347,18 @@ class Gateway:
             extra=self._summary_sections,
             on_committed=drain.notify,
         )
-        return Flows(drain, ingest, summaries, delivery, intake, results, cache, box_clock)
+        return Flows(
+            drain=drain,
+            ingest=ingest,
+            presence=presence,
+            summaries=summaries,
+            delivery=delivery,
+            intake=intake,
+            results=results,
+            confirmations=confirmations,
+            cache=cache,
+            clock=box_clock,
+        )
 
     def _services(
         self, flows: Flows, identity: Identity, db: Database, admin_token: str
@@ -312,15 +370,19 @@ class Gateway:
             install_console(web_app, self.console)
         services: dict[str, Coroutine[Any, Any, None]] = {
             "school-broker": self.school_link.run(),
+            "school-broker-commands": self.command_link.run(),
             "academy-broker": self._run_academy_link(),
             "uplink-watch": self._watch_uplink(),
             "state-ingest": flows.ingest.run(),
+            "presence-ingest": flows.presence.run(),
             "outbox-drain": flows.drain.run(),
             "cache": flows.cache.run(),
             "command-intake": flows.intake.run(),
             "command-delivery": flows.delivery.run_publisher(),
             "command-expiry": flows.delivery.run_expiry(),
             "command-results": flows.results.run(),
+            "result-confirmations": flows.confirmations.run(),
+            "ready-for-results": self._announce_ready(),
             "summaries": flows.summaries.run(),
             "store-health": self._report_store_health(db),
             "http": serve_until_cancelled(web_app, http.host, http.port, self._http_started),
@@ -437,7 +499,11 @@ class Gateway:
         await self._stop_requested.wait()
         notify("STOPPING=1")
         log.info("shutting down")
-        await asyncio.gather(self.school_link.disconnect(), self.academy_link.disconnect())
+        await asyncio.gather(
+            self.school_link.disconnect(),
+            self.command_link.disconnect(),
+            self.academy_link.disconnect(),
+        )
         for task in tasks:
             task.cancel()
 
@@ -481,6 +547,22 @@ class Gateway:
             except BrokerError as exc:
                 log.info("store health not reported upstream (academy link: %s)", exc)
 
+    async def _announce_ready(self) -> None:
+        """Say ``gateway/status`` online again once the command session subscribed.
+
+        Tablets re-send their unconfirmed results when they see it: after the
+        broker lost its sessions (a power cut), results sent before the
+        gateway's subscription was back found nobody to deliver them to.
+        """
+        payload = _presence(True, self.config.gateway.gateway_id)
+        while True:
+            await self.command_link.connected.wait()
+            try:
+                await self.command_link.publish(topics.GATEWAY_STATUS, payload, qos=1, retain=True)
+            except BrokerError as exc:
+                log.info("could not announce the gateway ready for results: %s", exc)
+            await self.command_link.wait_disconnected()
+
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
         return {"cache": summarize_cache(await self.cache.stats())}
@@ -509,8 +591,11 @@ class Gateway:
         """``/metrics``: counters, backlog and tablet gauges, box health (Prometheus text)."""
         gauges = [
             Reading("broker_link_up", float(link.is_connected), {"link": link.settings.name})
-            for link in (self.school_link, self.academy_link)
+            for link in (self.school_link, self.command_link, self.academy_link)
         ]
+        gauges.append(
+            Reading("tablets_over_budget", len(self.tablet_budget.flooders(time.monotonic())))
+        )
         if self._db is not None:
             backlog = await outbox.backlog(self._db)
             known, online = await tablet_counts(self._db)
@@ -525,18 +610,46 @@ class Gateway:
         health = collect_box_health(self.config.gateway.state_dir)
         return render_metrics(self.counters, gauges, health)
 
+    def _within_budget(self, device_id: str, message: Inbound, link: BrokerLink) -> bool:
+        """The per-tablet budget: over it, the message is dropped here, cheaply."""
+        if self.tablet_budget.allow(device_id, time.monotonic()):
+            return True
+        self.counters.inc("tablet_messages_over_budget")
+        link.ack(message)
+        return False
+
     async def _route_school_message(self, message: Inbound) -> None:
-        """A tablet's message: its topic parsed once, then to the flow of its channel."""
+        """The state session: tablets' state reports, within each tablet's budget."""
+        self._state_messages += 1
+        if self._state_messages % YIELD_EVERY == 0:
+            # A flood is read without ever waiting; let other tasks (commands,
+            # presence, results) run between bursts.
+            await asyncio.sleep(0)
         topic = topics.parse_tablet_topic(message.topic)
-        if topic is not None and topic.channel in ("state", "status"):
-            parsed = await self._flows.ingest.accept(message, topic)
-            if isinstance(parsed, Presence):  # presence also drives command delivery
-                self._flows.delivery.presence(parsed.device_id, parsed.online)
-        elif topic is not None and topic.channel == "results":
-            await self._flows.results.accept(message)
+        if topic is not None and topic.channel == "state":
+            if self._within_budget(topic.device_id, message, self.school_link):
+                await self._flows.ingest.accept(message, topic)
         else:
+            # Presence and results come on the command session; a copy here comes
+            # from a subscription an older version left in this persistent session.
             self.counters.inc("school_messages_ignored")
             self.school_link.ack(message)
+
+    async def _route_command_message(self, message: Inbound) -> None:
+        """The command session: presence and results, never queued behind state reports."""
+        topic = topics.parse_tablet_topic(message.topic)
+        link = self.command_link
+        if topic is None or topic.channel not in ("status", "results"):
+            self.counters.inc("school_messages_ignored")
+            link.ack(message)
+        elif not self._within_budget(topic.device_id, message, link):
+            return
+        elif topic.channel == "results":
+            await self._flows.results.accept(message)
+        else:
+            parsed = await self._flows.presence.accept(message, topic)
+            if isinstance(parsed, Presence):  # presence also drives command delivery
+                self._flows.delivery.presence(parsed.device_id, parsed.online)
 
     async def _route_academy_message(self, message: Inbound) -> None:
         school_id = self.config.gateway.school_id
@@ -562,7 +675,8 @@ class Gateway:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "brokers": {
-                "school": self.school_link.is_connected,
+                # Both sessions on the school broker (state; presence and commands).
+                "school": self.school_link.is_connected and self.command_link.is_connected,
                 "academy": self.academy_link.is_connected,
             },
             "uplink": {
@@ -575,6 +689,9 @@ class Gateway:
                 "problem": self._uplink_problem,
             },
             "store": self._db.health.as_dict() if self._db else {},
+            "flooding_tablets": [
+                dataclasses.asdict(f) for f in self.tablet_budget.flooders(time.monotonic())
+            ],
             "tablets": {"known": known, "online": online},
             "outbox": {
                 **(await outbox.backlog(self._db) if self._db else {}),

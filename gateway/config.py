@@ -49,6 +49,8 @@ class SchoolBrokerSection:
     # MQTT 5 Receive Maximum of the gateway's link: how many tablet messages
     # the broker may send it unacknowledged (they wait for the store's commit).
     receive_max: int = field(default=4_000, metadata={"min": 10, "max": 65_535})
+    # How long the gateway waits for the broker's PUBACK of a command delivery.
+    publish_timeout_s: float = field(default=10.0, metadata={"min": 0.1, "max": 300})
     # Per-client limits written into the generated Mosquitto config.
     max_inflight_messages: int = field(default=1000, metadata={"min": 1})
     max_queued_messages: int = field(default=100_000, metadata={"min": 100})
@@ -90,6 +92,10 @@ class TabletsSection:
     """Limits and thresholds for what tablets report."""
 
     max_report_bytes: int = field(default=16_384, metadata={"min": 256, "max": 262_144})
+    # Per-tablet budget at the intake (token bucket over every message a tablet
+    # publishes): beyond it, its messages are dropped at once and counted.
+    max_messages_per_s: float = field(default=100.0, metadata={"min": 0.01})
+    message_burst: int = field(default=1_000, metadata={"min": 1})
     low_battery_pct: int = field(default=20, metadata={"min": 0, "max": 100})
     low_storage_mb: int = field(default=500, metadata={"min": 0})
     required_apps: dict[str, str] = field(default_factory=dict)

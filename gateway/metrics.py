@@ -74,6 +74,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("state_ingest_queue_full_waits", "Times state ingest waited on its full queue."),
     _counter("summaries_made", "School summaries made and put in the outbox."),
     _counter("school_messages_ignored", "Messages on the school broker no flow takes."),
+    _counter(
+        "tablet_messages_over_budget",
+        "Tablet messages dropped unread: the tablet exceeded its message budget.",
+    ),
     _counter("academy_messages_ignored", "Messages from the academy no flow takes."),
     # Relay: outbox -> academy.
     _counter("upstream_batches_sent", "Upstream batches the academy broker acknowledged."),
@@ -137,6 +141,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("command_results_repeated", "Command results already recorded (repeats)."),
     _counter("command_results_rejected", "Command results rejected.", "reason"),
     _counter("command_results_queue_full_waits", "Times result intake waited on its full queue."),
+    _counter("command_result_confirmations_sent", "Result confirmations published to tablets."),
+    _counter(
+        "command_result_confirmations_dropped",
+        "Result confirmations not published (queue full or publish failed; tablets re-send).",
+    ),
+    _counter("command_delivery_pauses", "Failed or timed-out delivery publishes (retried)."),
+    _counter("command_birth_wakes", "Tablet births that woke their unanswered deliveries."),
     # Update cache.
     _counter("cache_requests", "Content requests from tablets."),
     _counter("cache_hits", "Content requests served from the cache."),
@@ -172,6 +183,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _gauge("outbox_oldest_age_seconds", "Age of the oldest row waiting in the outbox."),
     _gauge("tablets_known", "Tablets in the shadow."),
     _gauge("tablets_online", "Tablets online now."),
+    _gauge("tablets_over_budget", "Tablets whose messages were dropped in the last minute."),
     _gauge("store_writable", "1 while the state store takes writes, 0 while the disk refuses."),
     _gauge("broker_link_up", "1 while the link to a broker is connected.", "link"),
     _gauge("box_cpu_percent", "CPU use since the previous reading, percent."),

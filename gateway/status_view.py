@@ -146,6 +146,11 @@ def render_status(status: dict[str, Any]) -> str:
                 f"tablets: {t['known']} known (who is online is unknown while the gateway "
                 f"is stopped; {t['online']} were online when it last saw them)"
             )
+    for f in status.get("flooding_tablets", []):
+        lines.append(
+            f"  FLOODING: {f['device_id']} over its message budget, {f['dropped']} messages "
+            f"dropped (last {f['last_drop_age_s']:.0f} s ago)"
+        )
     if "commands" in status:
         lines.extend(_command_lines(status["commands"]))
     if "outbox" in status:

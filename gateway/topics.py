@@ -5,6 +5,7 @@ School broker (tablets <-> gateway):
     tablets/<device>/status     tablet -> gateway   presence: birth / last will (QoS 1, retained)
     tablets/<device>/commands   gateway -> tablet   command deliveries (QoS 1)
     tablets/<device>/results    tablet -> gateway   command results (QoS 1)
+    tablets/<device>/results/ack  gateway -> tablet  result committed (QoS 1)
     gateway/status              gateway -> tablets  the gateway's own presence (retained)
 
 Academy broker (gateway <-> academy):
@@ -65,6 +66,10 @@ def tablet_status(device_id: str) -> str:
 
 def tablet_results(device_id: str) -> str:
     return f"tablets/{device_id}/results"
+
+
+def tablet_results_ack(device_id: str) -> str:
+    return f"tablets/{device_id}/results/ack"
 
 
 def academy_gateway_status(school_id: str, gateway_id: str) -> str:

@@ -22,6 +22,9 @@ from gateway.lab.mosquitto import MosquittoProcess, free_port
 from gateway.lab.waiting import wait_until
 from tests.helpers import academy_view, enqueue_results, good_report, latest_states
 
+# These fleets report as fast as the broker takes them, far beyond any agent: the
+# per-tablet budget (tablets.max_messages_per_s) is lifted so every latest report counts.
+LOAD_TEST_BUDGET = {"max_messages_per_s": 1_000_000.0, "message_burst": 1_000_000}
 # The simulated fleet publishes a round (one report per tablet), then pauses this
 # long: it paces the load like tablets reporting periodically; no test outcome
 # is waited for this way.
@@ -113,6 +116,7 @@ class TestKilledAtRandomMoments:
                 "academy_broker": {"host": "127.0.0.1", "port": academy_broker.port},
                 "http": {"host": "127.0.0.1", "port": free_port()},
                 "uplink": {"max_bytes_per_s": 2_000_000, "batch_max_bytes": 8_000},
+                "tablets": LOAD_TEST_BUDGET,
             },
             tmp_path / "gw",
         )
@@ -177,6 +181,7 @@ class TestUplinkCutAtRandom:
                 {
                     "academy_broker": {"port": proxy.port},
                     "uplink": {"max_bytes_per_s": 500_000, "batch_max_bytes": 4_000},
+                    "tablets": LOAD_TEST_BUDGET,
                 }
             )
             gateway = running.gateway

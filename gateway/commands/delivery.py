@@ -5,7 +5,7 @@ here by the school-message router as they arrive (``presence``), and from the
 shadow at start-up. Something to publish is signalled by waking devices:
 
 - a new command wakes its targets: their *pending* deliveries are published;
-- a tablet coming online (and, for every tablet online, each (re)connect of
+- a tablet's birth (and, for every tablet online, each (re)connect of
   the school link, start-up included) wakes its *pending and sent*
   deliveries: what it may have missed is published again, in acceptance
   order; the tablet deduplicates by command id (delivery is at-least-once);
@@ -15,6 +15,13 @@ shadow at start-up. Something to publish is signalled by waking devices:
 Only unexpired deliveries are ever published. The expiry loop closes pending
 and sent deliveries whose not_after passed, reports each upstream with the
 command's progress, and prunes finished commands after ``retention_s``.
+
+A publish that fails (link down, or no PUBACK within
+``school_broker.publish_timeout_s`` from a broker that stalls) puts its
+tablets back in the wake set; delivery waits for the link to come back or
+for a short capped backoff, whichever is first, and publishes again (counted
+in ``command_delivery_pauses``). It never waits for a disconnect alone: a
+stalled broker usually answers again on the same connection.
 
 The wake set is bounded by WAKE_LIMIT device ids; beyond it the set is
 replaced by one "every device" sweep (counted in command_wake_overflows).
@@ -29,6 +36,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from gateway import topics
+from gateway.backoff import backoff_delay
 from gateway.broker.link import BrokerLink
 from gateway.commands import queue
 from gateway.commands.clock import BoxClock
@@ -44,6 +52,7 @@ log = logging.getLogger(__name__)
 WAKE_LIMIT = 10_000
 PUBLISH_CHUNK = 1_000
 IDLE_CHECK_S = 60.0
+RETRY_CAP_S = 10.0  # longest wait before publishing again after a failed publish
 
 
 class CommandDelivery:
@@ -86,13 +95,18 @@ class CommandDelivery:
     def presence(self, device_id: str, online: bool) -> None:
         """A tablet's birth or last will arrived (called as it arrives, before storage).
 
-        Only a change to online wakes the tablet: the retained births that
-        every (re)subscribe brings again are covered by the full sweep that
-        follows each connect of the school link.
+        Every birth wakes the tablet: a tablet that (re)connects, even without
+        a last will in between (its second connection replaced the first at
+        the broker), gets again what it has not answered, now rather than
+        after ``redeliver_after_s``. The retained births each subscribe of the
+        link brings again cannot be told apart (the link subscribes with
+        Retain As Published), so they wake their tablets too: the same
+        deliveries the sweep after a reconnect publishes, which tablets
+        deduplicate by command id.
         """
-        was_online = self._online.get(device_id, False)
         self._online[device_id] = online
-        if online and not was_online:
+        if online:
+            self._counters.inc("command_birth_wakes")
             self._wake(self._again, [device_id])
 
     def command_accepted(self, devices: Sequence[str]) -> None:
@@ -109,6 +123,7 @@ class CommandDelivery:
         self._work.set()
 
     async def run_publisher(self) -> None:
+        failures = 0
         while True:
             if not self._school.is_connected:
                 await self._school.connected.wait()
@@ -119,11 +134,21 @@ class CommandDelivery:
             self._new, self._again, self._everyone = set(), set(), False
             try:
                 await self._publish(new, again, everyone)
+                failures = 0
             except BrokerError as exc:
-                log.info("command delivery paused: %s", exc)
+                # A publish that timed out does not mean the link went down (a
+                # broker stalled for a moment answers again on the same
+                # connection): retry after a short, growing delay, or at once
+                # on a reconnect, never wait for a disconnect alone.
+                delay = backoff_delay(failures, cap_s=RETRY_CAP_S)
+                failures += 1
+                self._counters.inc("command_delivery_pauses")
+                log.info("command delivery paused: %s; retrying within %.1f s", exc, delay)
                 self._wake(self._again, new | again)
                 self._everyone = self._everyone or everyone
-                await self._school.wait_disconnected()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._school.wait_disconnected()
 
     async def _publish(self, new: set[str], again: set[str], everyone: bool) -> None:
         now, elapsed = self._clock.wall(), self._clock.elapsed()

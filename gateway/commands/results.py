@@ -5,7 +5,10 @@ up to ``batch_size`` at a time (or what arrived within ``batch_window_s``),
 records each answer on its delivery row, and in the SAME transaction puts in
 the outbox one ``delivery`` result per changed delivery and one ``progress``
 result per command touched. Only after COMMIT is each message acknowledged
-to the school broker, so a crash makes the broker redeliver it.
+to the school broker, so a crash makes the broker redeliver it, and
+confirmed to the tablet (``on_confirm``, gateway.commands.confirmations),
+which re-sends it until then: the broker's PUBACK alone does not survive a
+power cut of the box.
 
 A repeated answer (the tablet answering a redelivery again) changes nothing
 and sends nothing. A result that is malformed or names no delivery of that
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from gateway.batching import next_batch
 from gateway.broker.link import Inbound
 from gateway.commands import queue
+from gateway.commands.confirmations import Confirmation
 from gateway.commands.progress import TabletResult, delivery_body, parse_result
 from gateway.errors import RejectedInput
 from gateway.metrics import Counters
@@ -50,6 +54,7 @@ class CommandResults:
         acknowledge: Acknowledge,
         *,
         on_committed: Callable[[], None],
+        on_confirm: Callable[[list[Confirmation]], None] | None = None,
         batch_size: int = 500,
         batch_window_s: float = 0.02,
         clock: Callable[[], float] = time.time,
@@ -58,6 +63,7 @@ class CommandResults:
         self._counters = counters
         self._acknowledge = acknowledge
         self._on_committed = on_committed
+        self._on_confirm = on_confirm
         self._batch_size = batch_size
         self._batch_window_s = batch_window_s
         self._clock = clock
@@ -93,6 +99,19 @@ class CommandResults:
         changed, unknown = await retry_while_unavailable(lambda: self._commit(results, now))
         for message in batch:
             self._acknowledge(message)
+        if self._on_confirm is not None and results:
+            refused = {(r.device_id, r.command_id, r.status) for r in unknown}
+            self._on_confirm(
+                [
+                    Confirmation(
+                        r,
+                        "unknown_command"
+                        if (r.device_id, r.command_id, r.status) in refused
+                        else None,
+                    )
+                    for r in results
+                ]
+            )
         self._counters.inc("command_results_received", len(results))
         self._counters.inc("command_results_recorded", len(changed))
         self._counters.inc("command_results_repeated", len(results) - len(changed) - len(unknown))

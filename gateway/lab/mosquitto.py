@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -102,6 +104,22 @@ class MosquittoProcess(StartStop):
             return
         await self.stop()
         raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout_s} s")
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker stalls (connections stay open, nothing is answered)."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        os.kill(self.pid, signal.SIGCONT)
+
+    async def kill(self) -> None:
+        """SIGKILL, as a power cut: what the broker did not persist is gone."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.kill()
+        await process.wait()
 
     async def stop(self) -> None:
         process, self._process = self._process, None

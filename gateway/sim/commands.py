@@ -7,7 +7,10 @@ The rules a real MDM agent follows (docs/protocol.md, "Commands"):
 - a command whose ``not_after`` has passed is refused (``failed``,
   ``expired``), even if a broker queued it for the tablet while it was away;
 - long actions (install_app) answer ``received`` first, then ``done`` or
-  ``failed``; the others answer ``done`` or ``failed`` at once.
+  ``failed``; the others answer ``done`` or ``failed`` at once;
+- a result is kept until the gateway confirms it on ``results/ack`` (after
+  its commit) and re-sent on every connect and periodically until then: the
+  broker's PUBACK does not survive a power cut of the box.
 
 ``SimulatedCommands.memory`` lives in the simulator's process, so it survives
 gateway restarts: it is what the tests count applications with.
@@ -47,6 +50,11 @@ class CommandMemory:
     policy: dict[str, Any] = field(default_factory=dict)
     reboots: int = 0
     wipes: int = 0
+    # (command id, status) -> result payload, until the gateway confirms it
+    unconfirmed: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    confirmed: set[tuple[str, str]] = field(default_factory=set)
+    broker_acked: set[tuple[str, str]] = field(default_factory=set)  # PUBACK from the broker
+    resent: int = 0
 
 
 def apply_action(
@@ -88,6 +96,7 @@ class SimulatedCommands:
         self.memory: dict[str, CommandMemory] = {}
         self.malformed = 0
         self.refused_expired = 0
+        self.refused_results = 0
 
     def memory_of(self, device_id: str) -> CommandMemory:
         return self.memory.setdefault(device_id, CommandMemory())
@@ -123,7 +132,6 @@ class SimulatedCommands:
         memory = self.memory_of(tablet.device_id)
         memory.deliveries[command_id] += 1
         answer = memory.answers.get(command_id)
-        results = topics.tablet_results(tablet.device_id)
         if answer is None:
             memory.order.append(command_id)
             if not_after <= self._clock():
@@ -131,11 +139,11 @@ class SimulatedCommands:
                 answer = ("failed", "expired")
             else:
                 if action in ANSWER_RECEIVED_FIRST:
-                    await client.publish(results, _result(command_id, "received", ""), qos=1)
+                    await self._answer(tablet, client, command_id, ("received", ""))
                 answer = apply_action(tablet.model, memory, action, params)
                 memory.applications[command_id] += 1
             memory.answers[command_id] = answer
-        await client.publish(results, _result(command_id, *answer), qos=1)
+        await self._answer(tablet, client, command_id, answer)
         if action == "request_state":
             report = tablet.model.report(self._clock())
             await client.publish(
@@ -143,6 +151,50 @@ class SimulatedCommands:
                 json.dumps(report, separators=(",", ":")).encode(),
                 qos=1,
             )
+
+    async def _answer(
+        self,
+        tablet: SimulatedTablet,
+        client: aiomqtt.Client,
+        command_id: str,
+        answer: tuple[str, str],
+    ) -> None:
+        memory = self.memory_of(tablet.device_id)
+        topic = topics.tablet_results(tablet.device_id)
+        status, detail = answer
+        key = (command_id, status)
+        payload = _result(command_id, status, detail)
+        if key not in memory.confirmed:
+            memory.unconfirmed[key] = payload
+        await client.publish(topic, payload, qos=1)
+        memory.broker_acked.add(key)
+
+    def confirmed(self, tablet: SimulatedTablet, payload: bytes) -> None:
+        """The gateway committed (or refused) one of this tablet's results."""
+        try:
+            body = json.loads(payload)
+            key = (str(body["command_id"]), str(body["status"]))
+        except (ValueError, TypeError, KeyError):
+            self.malformed += 1
+            log.warning("tablet %s: malformed result confirmation", tablet.device_id)
+            return
+        memory = self.memory_of(tablet.device_id)
+        if "refused" in body:
+            self.refused_results += 1
+        memory.unconfirmed.pop(key, None)
+        memory.confirmed.add(key)
+
+    async def resend(self, tablet: SimulatedTablet, client: aiomqtt.Client) -> None:
+        """Publish again every result of this tablet the gateway has not confirmed."""
+        memory = self.memory_of(tablet.device_id)
+        topic = topics.tablet_results(tablet.device_id)
+        for payload in list(memory.unconfirmed.values()):
+            await client.publish(topic, payload, qos=1)
+            memory.resent += 1
+
+    def unconfirmed(self) -> int:
+        """Results of every tablet still waiting for the gateway's confirmation."""
+        return sum(len(m.unconfirmed) for m in self.memory.values())
 
 
 def _result(command_id: str, status: str, detail: str) -> bytes:

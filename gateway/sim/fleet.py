@@ -3,7 +3,11 @@
 One process plays up to thousands of tablets: every tablet is an aiomqtt
 client with a retained birth and last will on its status topic, publishes
 state reports (QoS 1) every ``interval_s`` (0 = as fast as the broker acks),
-and listens on its command topic (``on_command``, see gateway.sim.commands).
+and listens on its command topic (``on_command``, see gateway.sim.commands)
+and for result confirmations. As docs/protocol.md asks, a tablet holds one
+connection and on each connect subscribes first, then publishes its birth,
+then re-sends its unconfirmed results (again whenever ``gateway/status``
+says online, and every ``RESULT_RESEND_S``).
 With ``stay_online`` a tablet that sent its report quota keeps its session
 open, listening for commands, until told to ``leave()``; ``come_back()``
 readies it for another ``run()`` with the same persistent session. Connects are staggered through a
@@ -19,8 +23,9 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiomqtt
 
@@ -31,6 +36,7 @@ from gateway.sim.model import TabletModel, device_id_for, group_for
 log = logging.getLogger(__name__)
 
 CONNECT_CONCURRENCY = 64
+RESULT_RESEND_S = 30.0
 
 
 @dataclass
@@ -46,7 +52,22 @@ class FleetStats:
     per_tablet_reports: dict[str, int] = field(default_factory=dict)
 
 
-CommandHandler = Callable[["SimulatedTablet", aiomqtt.Client, bytes], Awaitable[None]]
+class CommandAgent(Protocol):
+    """What a tablet does with commands and result confirmations (gateway.sim.commands)."""
+
+    async def __call__(
+        self, tablet: SimulatedTablet, client: aiomqtt.Client, payload: bytes
+    ) -> None:
+        """A command delivery arrived."""
+
+    def confirmed(self, tablet: SimulatedTablet, payload: bytes) -> None:
+        """A result confirmation arrived."""
+
+    async def resend(self, tablet: SimulatedTablet, client: aiomqtt.Client) -> None:
+        """Publish again every result not confirmed yet."""
+
+
+CommandHandler = CommandAgent
 
 
 @dataclass(frozen=True)
@@ -127,18 +148,29 @@ class SimulatedTablet:
                 connected = True
                 self.stats.connected += 1
                 attempt = 0
-                await client.publish(status, b'{"online":true}', qos=1, retain=True)
                 await client.subscribe(topics.tablet_commands(self.device_id), qos=1)
+                await client.subscribe(topics.tablet_results_ack(self.device_id), qos=1)
+                await client.subscribe(topics.GATEWAY_STATUS, qos=1)
+                await client.publish(status, b'{"online":true}', qos=1, retain=True)
                 self.online = True
                 async with asyncio.TaskGroup() as group:
                     listener = group.create_task(self._listen(client), name="listen")
+                    resender = None
+                    if self._on_command is not None:
+                        resender = group.create_task(self._resend(client), name="resend")
                     await self._report_loop(client)
                     if self.settings.stay_online:
                         await self._leave.wait()
                     listener.cancel()
+                    if resender is not None:
+                        resender.cancel()
                 self.online = False
                 await client.publish(status, b'{"online":false}', qos=1, retain=True)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, ExceptionGroup) as exc:
+                if isinstance(exc, ExceptionGroup):  # the connection died under the listener
+                    _, rest = exc.split(aiomqtt.MqttError)
+                    if rest is not None:
+                        raise
                 self.stats.connect_failures += 1
                 log.debug("tablet %s: %s", self.device_id, exc)
                 await asyncio.sleep(backoff_delay(attempt, cap_s=5.0))
@@ -171,11 +203,36 @@ class SimulatedTablet:
         self.done.set()
 
     async def _listen(self, client: aiomqtt.Client) -> None:
+        confirmations = topics.tablet_results_ack(self.device_id)
         async for message in client.messages:
-            self.stats.commands_received += 1
             payload = message.payload if isinstance(message.payload, bytes) else b""
+            if message.topic.value == confirmations:
+                if self._on_command is not None:
+                    self._on_command.confirmed(self, payload)
+                continue
+            if message.topic.value == topics.GATEWAY_STATUS:
+                # The gateway is (back) online and subscribed: what it has not
+                # confirmed may have been lost with the broker's sessions.
+                if self._on_command is not None and _says_online(payload):
+                    await self._on_command.resend(self, client)
+                continue
+            self.stats.commands_received += 1
             if self._on_command is not None:
                 await self._on_command(self, client, payload)
+
+    async def _resend(self, client: aiomqtt.Client) -> None:
+        """Unconfirmed results: at once (the gateway may have lost them), then periodically."""
+        assert self._on_command is not None
+        while True:
+            await self._on_command.resend(self, client)
+            await asyncio.sleep(RESULT_RESEND_S)
+
+
+def _says_online(payload: bytes) -> bool:
+    try:
+        return json.loads(payload).get("online") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 class Fleet:
