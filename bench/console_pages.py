@@ -171,7 +171,7 @@ async def console_app(tablets: int) -> tuple[web.Application, BoxServices, Datab
         "prof", TEACHER, hash_password(PASSWORD), ["class-01", "class-02"], created_by="bench"
     )
     counters = Counters()
-    cache = CacheService(config, db, counters)
+    cache = CacheService(config, db, counters, academy_keys={})
     await cache.open()
     services = BoxServices(
         config=config,

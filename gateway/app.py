@@ -57,6 +57,7 @@ from gateway.school_console.setup import ensure_first_it_contact
 from gateway.security.admin_token import load_or_create_admin_token
 from gateway.security.broker_files import load_identity, reload_broker, write_broker_files
 from gateway.security.enroll_http import EnrollmentEndpoint, serve_enrollment
+from gateway.security.escrow import EscrowPublisher, public_key_from_config
 from gateway.security.identity import Identity
 from gateway.security.revocation import Revocation, revoke_tablet
 from gateway.security.tls import academy_context, missing_academy_cert, school_broker_context
@@ -389,6 +390,9 @@ class Gateway:
         if not self.config.school_broker.lab_plain_listener:
             endpoint = EnrollmentEndpoint(self.config, identity, db, self.counters)
             services["enrollment"] = serve_enrollment(endpoint)
+        escrow = self._escrow_publisher(db)
+        if escrow is not None:
+            services["identity-escrow"] = escrow.run()
         if self.config.discovery.enabled:
             announcement = self._announcement()
             if announcement is not None:
@@ -502,6 +506,27 @@ class Gateway:
         )
         for task in tasks:
             task.cancel()
+
+    def _escrow_publisher(self, db: Database) -> EscrowPublisher | None:
+        e = self.config.escrow
+        if not e.academy_public_key:
+            log.warning(
+                "identity escrow is off (escrow.academy_public_key unset): a dead SD card "
+                "would lose the school CA and every enrollment"
+            )
+            return None
+
+        async def publish(topic: str, payload: bytes) -> None:
+            await self.academy_link.publish(topic, payload, qos=1, retain=True)
+
+        return EscrowPublisher(
+            self.config,
+            db,
+            publish,
+            recipient=public_key_from_config(e.academy_public_key),
+            interval_s=e.interval_s,
+            check_s=e.check_s,
+        )
 
     async def _report_store_health(self, db: Database) -> None:
         """Tell the academy when the store stops (and starts again) taking writes.

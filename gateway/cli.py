@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_enroll(commands, DEFAULT_CONFIG)
 
+    from gateway.security.escrow_cli import register as register_escrow
+
+    register_escrow(commands)
+
     demo = commands.add_parser("demo", help="run everything on loopback and show what flows")
     _add_demo_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)

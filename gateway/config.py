@@ -170,6 +170,15 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True)
+class EscrowSection:
+    """Identity escrow to the academy (gateway.security.escrow); off while no key is set."""
+
+    academy_public_key: str = ""  # base64 X25519 public key (python -m gateway escrow keygen)
+    interval_s: float = field(default=86_400.0, metadata={"min": 60})
+    check_s: float = field(default=60.0, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
 class TechniciansSection:
     """Who may log in to the box over SSH (read by the image's provisioning step).
 
@@ -212,6 +221,7 @@ class Config:
     commands: CommandsSection = field(default_factory=CommandsSection)
     enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
+    escrow: EscrowSection = field(default_factory=EscrowSection)
     technicians: TechniciansSection = field(default_factory=TechniciansSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})

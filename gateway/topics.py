@@ -76,6 +76,11 @@ def academy_gateway_status(school_id: str, gateway_id: str) -> str:
     return f"schools/{school_id}/gateways/{gateway_id}/status"
 
 
+def academy_gateway_escrow(school_id: str, gateway_id: str) -> str:
+    """The gateway's sealed identity escrow (retained; gateway.security.escrow)."""
+    return f"schools/{school_id}/gateways/{gateway_id}/escrow"
+
+
 def academy_up(school_id: str, gateway_id: str, kind: str) -> str:
     return f"schools/{school_id}/gateways/{gateway_id}/up/{kind}"
 

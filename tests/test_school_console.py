@@ -105,7 +105,11 @@ async def box(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Box]:
         db = gateway.console.db
 
         async def all_online() -> bool:
-            return await tablet_counts(db) == (5, 5)
+            # Online (presence) and reporting (a state report gives the group).
+            row = await db.fetch_one(
+                "SELECT count(*) FROM shadow WHERE online = 1 AND group_name != ''"
+            )
+            return await tablet_counts(db) == (5, 5) and row is not None and row[0] == 5
 
         deadline = time.monotonic() + DEADLINE_S
         while not await all_online():

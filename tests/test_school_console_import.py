@@ -119,6 +119,15 @@ async def test_usb_import_from_the_updates_page(tmp_path: Path, content_origin: 
                     await asyncio.sleep(0.1)
                 assert "2 fichiers examinés, 1 vérifiés et importés, 1 refusés" in text
                 assert "copie-abimee.pdf" in text
+
+                # A tablet known only by its presence (no report yet) is listed too.
+                await lab.db.execute(
+                    "INSERT INTO shadow (device_id, state, report_seq, group_name, first_seen, "
+                    "last_seen, online) VALUES ('tab-new', '{}', 0, '', 0, 0, 1)"
+                )
+                for path in ("/tablets", "/tablets/tab-new"):
+                    async with client.get(f"{base}{path}") as r:
+                        assert r.status == 200 and "tab-new" in await r.text(), path
         finally:
             await runner.cleanup()
         assert lab.service.lookup(item["sha256"]).complete

@@ -20,7 +20,7 @@ from gateway.web.stack import principal_of, redirect, requires, stack_of
 
 PAGE_SIZE = 100
 RECENT_COMMANDS = 30
-DELIVERIES_SHOWN = 300
+DELIVERIES_SHOWN = 100
 
 
 async def glance_facts(box: BoxServices, now: float) -> GlanceFacts:
@@ -254,7 +254,9 @@ async def command(request: web.Request) -> web.StreamResponse:
         "SELECT d.device_id, d.state, d.detail, d.updated, coalesce(s.online, 0) "
         "FROM deliveries d JOIN commands c ON c.seq = d.command_seq "
         "LEFT JOIN shadow s ON s.device_id = d.device_id "
-        "WHERE c.command_id = ? ORDER BY d.device_id LIMIT ?",
+        "WHERE c.command_id = ? ORDER BY CASE d.state WHEN 'failed' THEN 0 WHEN 'expired' THEN 1 "
+        "WHEN 'pending' THEN 2 WHEN 'sent' THEN 3 WHEN 'received' THEN 4 ELSE 5 END, d.device_id "
+        "LIMIT ?",
         (cmd["command_id"], DELIVERIES_SHOWN),
     )
     return await stack_of(request).render(
