@@ -55,6 +55,7 @@ SYSTEMCTL_LINES = [
 ]
 BOX_PATHS = ("/opt/school-gateway", "/etc/school-gateway", "/var/lib/school-gateway")
 BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEPS = "deps"  # the checkout's resolved dependencies, as the box's steps see them
 TOOLS = ("unshare", "nsenter", "setpriv", "runuser", "useradd", "curl", "openssl", "mosquitto")
 
 ACADEMY_BROKER = """\
@@ -132,7 +133,10 @@ class Box:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of the steps: this checkout's resolved dependencies, offline."""
-        deps = sysconfig.get_paths()["purelib"]
+        # The resolved dependencies, bound under the scratch dir in the box's namespace:
+        # the service user cannot traverse the checkout's parents when they are 0700
+        # (a CI clone in a mktemp dir); root outside the namespace reads them in place.
+        deps = f"{self.scratch / DEPS}:{sysconfig.get_paths()['purelib']}"
         return {
             **os.environ,
             "PATH": BOX_PATH,  # Debian's python3, not a developer's (pyenv...)
@@ -164,10 +168,13 @@ def box() -> Iterator[Box]:
     scratch = Path(tempfile.mkdtemp(prefix="deploy-box-"))
     scratch.chmod(0o755)
     shutil.copytree("/etc", scratch / "etc", symlinks=True)
+    (scratch / DEPS).mkdir(mode=0o755)
+    purelib = sysconfig.get_paths()["purelib"]
     holder = subprocess.Popen(
         [
             "unshare", "--mount", "--propagation", "private", "sh", "-c",
-            f"mount --bind {scratch / 'etc'} /etc && echo ready && exec sleep 3600",
+            f"mount --bind {scratch / 'etc'} /etc && mount --bind {purelib} {scratch / DEPS}"
+            " && echo ready && exec sleep 3600",
         ],
         stdout=subprocess.PIPE,
         text=True,
