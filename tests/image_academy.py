@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from cryptography import x509
 
 from gateway.lab.academy import AcademyListener
@@ -132,16 +134,25 @@ class AcademyStandIn(StartStop):
 
 
 class FileOrigin(StartStop):
-    """``http://127.0.0.1:<port>/files/<name>`` for every file in ``directory``."""
+    """``http://127.0.0.1:<port>/files/<name>`` for every file in ``directory``.
+
+    ``requests`` counts what was asked, by method and path (``GET /files/x``).
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
+        self.requests: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.requests[f"{request.method} {request.path}"] += 1
+        return await handler(request)
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        app = web.Application()
+        app = web.Application(middlewares=[self._count])
         app.router.add_static("/files", self.directory)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
