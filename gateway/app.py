@@ -152,7 +152,7 @@ class Gateway:
         # Keys and certificates: made at first start, refused if others can read them.
         identity = load_identity(self.config)
         self.school_link, self.command_link, self.academy_link = self._links()
-        self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        self._db = db = await Database.open(g.state_dir / DATABASE_FILE, restore_newer=True)
         outbox.track_peak(db)
         try:
             await self._prepare_school_broker(identity, db)
