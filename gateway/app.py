@@ -441,6 +441,7 @@ class Gateway:
                 clock=flows.clock,
             ),
             cache=flows.cache,
+            system=flows.system.status,
             revoke=(
                 (lambda device_id: self._revoke_tablet(identity, db, device_id)) if secure else None
             ),
