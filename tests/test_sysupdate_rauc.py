@@ -10,6 +10,7 @@ gateway writes. What a person sees is checked: the outcome record, the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Config, config_from_mapping
+from gateway.lab.mosquitto import free_port
 from gateway.sysupdate.files import OUTCOME, REQUEST, InstallRequest, update_dir, write_atomically
 from gateway.sysupdate.health import run_health_check
 from gateway.sysupdate.install import install_requested
@@ -261,3 +263,27 @@ class TestHealthCheck:
         assert (
             len(parse_outcomes((update_dir(config.gateway.state_dir) / OUTCOME).read_bytes())) == 4
         )
+
+
+class TestHealthCheckLikeATablet:
+    """The production shape: TLS listener, client certificate of the school CA, ACL."""
+
+    async def test_tls_tablet_connection_passes(self, box: Box, start_secure_gateway: Any) -> None:
+        running = await start_secure_gateway({"system_update": box.system_tables()})
+        config = running.gateway.config
+        assert not config.school_broker.lab_plain_listener
+        TestHealthCheck().installed(box, config)
+        assert await asyncio.to_thread(TestHealthCheck().boot, box, "B", config) == "marked-good"
+        # The throw-away certificate was never left in the state directory.
+        assert list((config.gateway.state_dir / "pki").glob("health-check-probe-*")) == []
+
+    async def test_no_listener_fails_naming_it(self, box: Box, start_secure_gateway: Any) -> None:
+        running = await start_secure_gateway({"system_update": box.system_tables()})
+        broker = dataclasses.replace(running.gateway.config.school_broker, tls_port=free_port())
+        config = dataclasses.replace(running.gateway.config, school_broker=broker)
+        TestHealthCheck().installed(box, config)
+        assert await asyncio.to_thread(TestHealthCheck().boot, box, "B", config) == (
+            "health-check-failed"
+        )
+        last = parse_outcomes((update_dir(config.gateway.state_dir) / OUTCOME).read_bytes())[-1]
+        assert f"tablets: no tablet connection on 127.0.0.1:{broker.tls_port}" in last.reason
