@@ -154,6 +154,12 @@ class TestDecision:
         decision = decide(history=tries)
         assert (decision.action, decision.rule) == ("none", "attempts")
 
+    @pytest.mark.parametrize("step", ["installed", "booted"])
+    def test_no_second_request_while_one_is_in_flight(self, step: str) -> None:
+        history = (outcome("2", SHA, "installing", at=1), outcome("2", SHA, step, at=2))
+        decision = decide(history=history)
+        assert (decision.action, decision.rule) == ("wait", "in_flight")
+
     def test_window_reason_names_the_window(self) -> None:
         assert "maintenance window 02:00-05:00" in decide(window_open=False).reason
 

@@ -139,6 +139,21 @@ class TestInstall:
         assert "last update: version 2 INSTALLED (slot B)" in box.status_text()
 
 
+    def test_rauc_down_fails_and_attempts_are_bounded(self, box: Box, tmp_path: Path) -> None:
+        bundle = make_bundle(tmp_path / "b", "v2", version="2", signer=box.signer)
+        box.service.stop()  # no rauc service on the bus: the D-Bus client fails
+        for _ in range(3):
+            box.request(bundle, "2")
+            assert box.install() == "failed"
+        box.request(bundle, "2")
+        assert box.install() == "failed"
+        outcomes = box.outcomes()
+        assert [o for o, _ in outcomes] == ["installing", "failed"] * 3 + ["failed"]
+        assert "rauc status failed" in outcomes[1][1]
+        assert outcomes[-1][1] == "tried 3 times already; not again"
+        assert box.reboots == []
+
+
 class TestRefusals:
     """Unsigned, another key, truncated, another compatible: refused, slot B untouched."""
 

@@ -12,6 +12,8 @@ or ``none`` (nothing to do: say why). Rules, in the order they are checked:
     not_again     this bundle was refused, failed its health check
                   or rolled back before                              -> none
     attempts      tried max_attempts times already                   -> none
+    in_flight     installed and waiting for the reboot, or booted
+                  and waiting for the health check                   -> wait
     requested     a request is already waiting for the helper        -> wait
     downloading   the bundle is not complete and hash-checked yet    -> wait
     window        outside system_update.window                       -> wait
@@ -82,6 +84,11 @@ def choose_update(
     if tries >= max_attempts:
         return Decision(
             "none", "attempts", f"{label} was tried {tries} times; it is not tried again", item
+        )
+    if own and own[-1].outcome in ("installed", "booted"):
+        waits = "the reboot" if own[-1].outcome == "installed" else "the health check"
+        return Decision(
+            "wait", "in_flight", f"{label} {own[-1].outcome}; waiting for {waits}", item
         )
     if request_pending:
         return Decision("wait", "requested", f"install of {label} requested", item)

@@ -152,14 +152,11 @@ def install_requested(
         check_bundle_info(rauc, expected, settings.keyring, info, request)
     except Refused as exc:
         return finish("refused", exc.reason, request)
+    # Every attempt is recorded as one "installing" before anything can fail, so
+    # attempts are counted whatever happens next (a power cut included).
+    append_outcome(folder, outcome(request.version, request.sha256, "installing", at=clock()))
     try:
         slot = inactive_slot(rauc.status())
-    except SystemUpdateError as exc:
-        return finish("failed", str(exc), request)
-    append_outcome(
-        folder, outcome(request.version, request.sha256, "installing", at=clock(), slot=slot)
-    )
-    try:
         rauc.install(expected)
     except SystemUpdateError as exc:
         return finish("failed", str(exc), request)
