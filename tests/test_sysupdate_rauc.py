@@ -138,7 +138,6 @@ class TestInstall:
         assert not (box.folder / REQUEST).exists()
         assert "last update: version 2 INSTALLED (slot B)" in box.status_text()
 
-
     def test_rauc_down_fails_and_attempts_are_bounded(self, box: Box, tmp_path: Path) -> None:
         bundle = make_bundle(tmp_path / "b", "v2", version="2", signer=box.signer)
         box.service.stop()  # no rauc service on the bus: the D-Bus client fails
