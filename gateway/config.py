@@ -227,6 +227,9 @@ class SystemUpdateSection:
     keyring: Path = Path("/etc/rauc/keyring.pem")
     rauc_command: tuple[str, ...] = ("rauc",)
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    # After an install: [] = the image's /usr/lib/school-gateway/reboot-into-update when it
+    # exists (a Pi boots the new slot once with tryboot), else reboot_command.
+    reboot_into_update_command: tuple[str, ...] = ()
     # The first boot of a new slot must be healthy within this long, else mark-bad + reboot.
     health_deadline_s: float = field(default=300.0, metadata={"min": 5, "max": 3600})
     # An install tried this many times (power cuts, failed reboots) is not tried again.

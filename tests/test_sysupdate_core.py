@@ -11,6 +11,7 @@ import pytest
 from gateway.cache.manifest import ManifestItem, parse_manifest
 from gateway.config import config_from_mapping
 from gateway.errors import ConfigError, RejectedInput
+from gateway.sysupdate.cli import into_update_command
 from gateway.sysupdate.decision import choose_update
 from gateway.sysupdate.files import InstallRequest, parse_request, ready_boot_id, ready_marker
 from gateway.sysupdate.manifest_filter import for_this_box
@@ -264,3 +265,17 @@ class TestSystemUpdateConfig:
     def test_refused(self, section: dict[str, object], message: str) -> None:
         with pytest.raises(ConfigError, match=message):
             config_from_mapping(self.base(**section))
+
+
+class TestRebootIntoUpdate:
+    """After an install: the configured command, else the image's script, else the reboot."""
+
+    def test_choice(self, tmp_path: Path) -> None:
+        base = TestSystemUpdateConfig().base
+        script = tmp_path / "reboot-into-update"
+        settings = config_from_mapping(base()).system_update
+        assert into_update_command(settings, script) == ("systemctl", "reboot")
+        script.write_text("#!/bin/sh\n")
+        assert into_update_command(settings, script) == (str(script),)
+        configured = config_from_mapping(base(reboot_into_update_command=["/bin/true"]))
+        assert into_update_command(configured.system_update, script) == ("/bin/true",)

@@ -14,6 +14,8 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, SystemUpdateSection, add_config_argument, load_config
@@ -51,14 +53,26 @@ def _rauc(settings: SystemUpdateSection) -> Rauc:
     return Rauc(settings.rauc_command, settings.rauc_system_conf)
 
 
-def _rebooter(settings: SystemUpdateSection, skip: bool) -> Any:
+REBOOT_INTO_UPDATE = Path("/usr/lib/school-gateway/reboot-into-update")
+
+
+def into_update_command(settings: SystemUpdateSection, image_script: Path) -> tuple[str, ...]:
+    """How to reboot after an install (``system_update.reboot_into_update_command``)."""
+    if settings.reboot_into_update_command:
+        return settings.reboot_into_update_command
+    if image_script.exists():
+        return (str(image_script),)
+    return settings.reboot_command
+
+
+def _rebooter(command: tuple[str, ...], skip: bool) -> Callable[[], None]:
     def reboot() -> None:
         if skip:
             log.info("not rebooting (--no-reboot)")
             return
-        log.info("rebooting: %s", " ".join(settings.reboot_command))
+        log.info("rebooting: %s", " ".join(command))
         try:
-            subprocess.run(settings.reboot_command, check=False, timeout=120)
+            subprocess.run(command, check=False, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("cannot reboot: %s", exc)
 
@@ -71,7 +85,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     _log_to_stdout(args.verbose)
     config = load_config(args.config)
     settings = config.system_update
-    result = install_requested(config, _rauc(settings), reboot=_rebooter(settings, args.no_reboot))
+    reboot = _rebooter(into_update_command(settings, REBOOT_INTO_UPDATE), args.no_reboot)
+    result = install_requested(config, _rauc(settings), reboot=reboot)
     print(json.dumps({"outcome": result.outcome, "reason": result.reason}))
     return 0
 
@@ -89,7 +104,9 @@ def _cmd_health_check(args: argparse.Namespace) -> int:
     config: Config = load_config(args.config)
     settings = config.system_update
     verdict = asyncio.run(
-        run_health_check(config, _rauc(settings), reboot=_rebooter(settings, args.no_reboot))
+        run_health_check(
+            config, _rauc(settings), reboot=_rebooter(settings.reboot_command, args.no_reboot)
+        )
     )
     print(json.dumps({"outcome": verdict}))
     return 0
