@@ -152,6 +152,12 @@ class TestInstall:
         assert outcomes[-1][1] == "tried 3 times already; not again"
         assert box.reboots == []
 
+    def test_an_unexpected_error_never_leaves_the_request(self, box: Box, tmp_path: Path) -> None:
+        box.request(make_bundle(tmp_path / "b", "v2", version="2", signer=box.signer), "2")
+        (box.folder / OUTCOME).mkdir()  # the record cannot be written
+        assert box.install() == "dropped"
+        assert not (box.folder / REQUEST).exists()  # the path unit does not loop
+
 
 class TestRefusals:
     """Unsigned, another key, truncated, another compatible: refused, slot B untouched."""

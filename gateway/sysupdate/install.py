@@ -34,7 +34,7 @@ from pathlib import Path
 
 from gateway.cache.offpeak import in_windows, parse_windows
 from gateway.config import Config
-from gateway.errors import RejectedInput, SystemUpdateError
+from gateway.errors import GatewayError, RejectedInput, SystemUpdateError
 from gateway.sysupdate.files import (
     OUTCOME,
     REQUEST,
@@ -113,7 +113,27 @@ def install_requested(
     reboot: Callable[[], None],
     clock: Callable[[], float] = time.time,
 ) -> InstallResult:
-    """Handle ``request.json`` if there is one (module docstring)."""
+    """Handle ``request.json`` if there is one (module docstring).
+
+    Whatever goes wrong, the request does not stay: left in place, the path
+    unit would start this helper again and again.
+    """
+    try:
+        return _install_requested(config, rauc, reboot=reboot, clock=clock)
+    except (GatewayError, OSError) as exc:
+        folder = update_dir(config.gateway.state_dir)
+        (folder / REQUEST).unlink(missing_ok=True)
+        log.error("install request dropped: %s", exc)
+        return InstallResult("dropped", str(exc))
+
+
+def _install_requested(
+    config: Config,
+    rauc: Rauc,
+    *,
+    reboot: Callable[[], None],
+    clock: Callable[[], float],
+) -> InstallResult:
     settings = config.system_update
     folder = update_dir(config.gateway.state_dir)
     request_path = folder / REQUEST
