@@ -45,10 +45,15 @@ class TestDaemonAndStatus:
             status: dict = {}
             deadline = asyncio.get_running_loop().time() + 90
             while asyncio.get_running_loop().time() < deadline:
+                if daemon.returncode is not None:
+                    break
                 status = await live_status()
                 if status.get("running") and status["brokers"]["academy"]:
                     break
                 await asyncio.sleep(0.1)
+            if daemon.returncode is not None:
+                out, _ = await daemon.communicate()
+                raise AssertionError(f"the daemon exited ({daemon.returncode}): {out.decode()}")
             assert status["running"] is True
             assert status["school_id"] == "school-test"
             assert status["brokers"] == {"school": True, "academy": True}
@@ -61,7 +66,8 @@ class TestDaemonAndStatus:
             code = (tmp_path / "state" / "console-setup-code").read_text().strip()
             assert f"console set-up code: {code[:4]}-{code[4:8]}-{code[8:]}" in human.stdout
         finally:
-            daemon.send_signal(signal.SIGTERM)
+            if daemon.returncode is None:
+                daemon.send_signal(signal.SIGTERM)
             out, _ = await asyncio.wait_for(daemon.communicate(), 20)
         assert daemon.returncode == 0, out.decode()
         assert "gateway stopped" in out.decode()

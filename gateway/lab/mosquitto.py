@@ -40,6 +40,36 @@ def free_port() -> int:
         return port
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    # local_address is ADDR:PORT in hex; state 0A is LISTEN.
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except FileNotFoundError:
+            continue
+    if not inodes:
+        return False
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(f"{fd_dir}/{name}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def mosquitto_binary() -> str:
     for candidate in ("mosquitto", "/usr/sbin/mosquitto"):
         found = shutil.which(candidate)
@@ -57,6 +87,9 @@ class MosquittoProcess(StartStop):
     def __init__(self, workdir: Path, config_text: str, port: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        # A port we picked ourselves may be taken by another process before the broker
+        # binds it (parallel test workers): then the first start moves to another one.
+        self._may_move = port is None
         self.host = "127.0.0.1"
         self._config_text = config_text
         self._process: asyncio.subprocess.Process | None = None
@@ -73,6 +106,19 @@ class MosquittoProcess(StartStop):
         return self._process.pid
 
     async def start(self, timeout_s: float = 10.0) -> None:
+        for attempt in range(3):
+            try:
+                await self._start_once(timeout_s)
+            except BrokerError:
+                if not (self._may_move and attempt < 2 and "in use" in self._log_tail()):
+                    raise
+                log.info("mosquitto: port %d was taken meanwhile, trying another", self.port)
+                self.port = free_port()
+            else:
+                self._may_move = False  # clients know this port now: a restart keeps it
+                return
+
+    async def _start_once(self, timeout_s: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self._config_text.format(port=self.port))
@@ -91,19 +137,25 @@ class MosquittoProcess(StartStop):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.returncode is not None:
+                process, self._process = self._process, None
                 raise BrokerError(
-                    f"mosquitto exited with {self._process.returncode}; see {self.workdir}"
+                    f"mosquitto exited with {process.returncode}; see {self.workdir}; "
+                    f"its log ends: {self._log_tail()}"
                 )
-            try:
-                _, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+            # Our process must hold the listening socket: a connection that succeeds
+            # could reach another process on that port while ours failed to bind it.
+            if listens_on(self._process.pid, self.port):
+                return
+            await asyncio.sleep(0.02)
         await self.stop()
         raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout_s} s")
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.workdir / "mosquitto.log").read_text(errors="replace")
+        except OSError as exc:
+            return f"(unreadable: {exc})"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty)"
 
     def pause(self) -> None:
         """SIGSTOP: the broker stalls (connections stay open, nothing is answered)."""

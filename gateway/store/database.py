@@ -41,6 +41,20 @@ _UNAVAILABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 DATABASE_FILE = "gateway.db"
 
 
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, one by one (SQLite says where each ends)."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                statements.append(pending)
+            pending = ""
+    if pending.strip(" \t\n;"):
+        raise StoreError(f"a migration ends with an incomplete statement: {pending.strip()!r}")
+    return statements
+
+
 class Database:
     """The gateway's SQLite file. Use :meth:`open` and :meth:`close`."""
 
@@ -160,12 +174,19 @@ class Database:
         current = await self.schema_version()
         pending = sorted(n for n in migrations if n > current)
         for number in pending:
-            log.info("applying schema migration %d to %s", number, self.path)
             try:
-                script = migrations[number]
-                await self._conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;"
-                )
+                # The version is read again under the write lock: another process (the
+                # daemon starting while `status` or a CLI opens the file) may have
+                # applied this migration meanwhile.
+                await self._conn.execute("BEGIN IMMEDIATE")
+                if await self.schema_version() >= number:
+                    await self._conn.execute("ROLLBACK")
+                    continue
+                log.info("applying schema migration %d to %s", number, self.path)
+                for statement in _statements(migrations[number]):
+                    await self._conn.execute(statement)
+                await self._conn.execute(f"PRAGMA user_version={number}")
+                await self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
                     await self._conn.execute("ROLLBACK")
