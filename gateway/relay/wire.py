@@ -59,20 +59,25 @@ def fit_batch(lines: Sequence[str], max_bytes: int) -> tuple[bytes, int]:
         count = max(1, min(count - 1, int(count * max_bytes / len(payload) * 0.9)))
 
 
-def decode_payload(payload: bytes) -> list[dict[str, Any]]:
-    """The upstream messages in one MQTT payload (single message or batch)."""
+def payload_text(payload: bytes) -> bytes:
+    """The JSON lines of one MQTT payload: the message itself, or the batch inflated."""
     if not payload:
         raise RejectedInput("empty", "upstream payload is empty")
     if payload[:1] == b"{":
-        text = payload
-    else:
-        try:
-            inflater = zlib.decompressobj()
-            text = inflater.decompress(payload, MAX_DECODED_BYTES)
-            if inflater.unconsumed_tail:
-                raise RejectedInput("too_large", f"batch inflates beyond {MAX_DECODED_BYTES}")
-        except zlib.error as exc:
-            raise RejectedInput("not_batch", f"payload is neither JSON nor zlib: {exc}") from exc
+        return payload
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(payload, MAX_DECODED_BYTES)
+    except zlib.error as exc:
+        raise RejectedInput("not_batch", f"payload is neither JSON nor zlib: {exc}") from exc
+    if inflater.unconsumed_tail:
+        raise RejectedInput("too_large", f"batch inflates beyond {MAX_DECODED_BYTES}")
+    return text
+
+
+def decode_payload(payload: bytes) -> list[dict[str, Any]]:
+    """The upstream messages in one MQTT payload (single message or batch)."""
+    text = payload_text(payload)
     messages: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):
         try:

@@ -14,8 +14,18 @@ import aiomqtt
 import asyncpg
 import pytest
 
+from gateway.academy.ingest.apply import apply_batch, prepare_connection
 from gateway.academy.ingest.lab import line, payload, state_body
-from gateway.academy.ingest.upstream import StateRow, SummaryRow, decode_upstream
+from gateway.academy.ingest.upstream import (
+    DecodedPayload,
+    Row,
+    StateRow,
+    SummaryRow,
+    _checked_payload,
+    _fast_states,
+    decode_upstream,
+    parse_origin,
+)
 from gateway.academy.ingest.worker import IngestWorker
 from gateway.lab.mosquitto import MosquittoProcess
 from gateway.lab.waiting import wait_until
@@ -110,6 +120,151 @@ class TestDecode:
         decoded = decode_upstream(f"{UP}/state", payload(lines), max_payload_bytes=65536)
         assert [r.seq for r in decoded.rows] == [1, 3]
         assert [r.reason for r in decoded.refusals] == ["wrong_school"]
+
+
+def state_line(seq: int = 1, device: str = "tab-0001", **changes: Any) -> str:
+    """One state message as the gateway writes it, with ``changes`` made to its body."""
+    return line(SCHOOL, GW, seq, "state", {**state_body(device, ts=100.0 + seq), **changes})
+
+
+def spliced(text: str, where: str = "body") -> str:
+    """A state message with ``text`` spliced in at the start of its body (or envelope)."""
+    plain = state_line()
+    if where == "body":
+        return plain.replace('"body":{', '"body":{' + text, 1)
+    return "{" + text + plain[1:]
+
+
+def outcome(decoded: DecodedPayload) -> tuple[list[Any], list[tuple[str, str]]]:
+    """What a decode means: its rows (the report as a value, not as text) and its refusals."""
+    rows = [
+        (*r[:-1], json.loads(r.report_json)) if isinstance(r, StateRow) else r for r in decoded.rows
+    ]
+    return rows, [(r.reason, r.detail) for r in decoded.refusals]
+
+
+class TestFastPath:
+    """State payloads: the fast path (msgspec) gives the reference checks' answer on every input."""
+
+    @pytest.mark.parametrize(
+        "lines",
+        [
+            [state_line()],
+            [state_line(1), state_line(2, "tab-0002"), state_line(3, "tab-0003")],
+            [state_line(ts=1_764_000_000)],  # an integer ts is taken, as a float
+            [state_line(ts=True)],
+            [state_line(ts=2**40)],
+            [state_line(ts=2**40 - 0.5)],
+            [state_line(ts=-0.0)],
+            [state_line(ts="1")],
+            [state_line(battery_pct=50.0)],
+            [state_line(battery_pct=True)],
+            [state_line(battery_pct=101)],
+            [state_line(battery_pct=-1)],
+            [state_line(charging=1)],
+            [state_line(charging=None)],
+            [state_line(locked=None)],
+            [state_line(storage_free_mb=32_001, storage_total_mb=32_000)],
+            [state_line(storage_free_mb=2**31, storage_total_mb=2**31)],
+            [state_line(storage_total_mb=2**31 + 1)],
+            [state_line(os_version="é" * 64)],
+            [state_line(os_version="é" * 65)],
+            [state_line(os_version="")],
+            [state_line(os_version=None)],
+            [state_line(group=None)],
+            [state_line(group="")],
+            [state_line(group="Class 1")],
+            [state_line(group="class-01\n")],
+            [state_line(device="t")],
+            [state_line(device="x" * 63)],
+            [state_line(device="x" * 64)],
+            [state_line(device="tab-0001\n")],
+            [state_line(device_id=None)],
+            [state_line(apps={"é": "\ud800"}, extra={"x": [1, 2.5, None]})],
+            [state_line(1), state_line(2).replace(SCHOOL, "school-b", 1), state_line(3)],
+            [state_line(1), state_line(2).replace(GW, "gw-b", 1)],
+            [state_line(1), state_line(2).replace('"kind":"state"', '"kind":"summary"')],
+            [state_line(1), state_line(2).replace('"kind":"state"', '"kind":"gossip"')],
+            [state_line().replace('"seq":1,', '"seq":1.0,', 1)],
+            [state_line().replace('"seq":1,', '"seq":-1,', 1)],
+            [state_line().replace('"seq":1,', f'"seq":{2**63},', 1)],
+            [state_line().replace('"seq":1,', f'"seq":{2**63 - 1},', 1)],
+            [state_line().replace('"seq":1,', '"seq":true,', 1)],
+            [state_line().replace('"seq":1,', '"seq":"1",', 1)],
+            [spliced('"seq":7,', where="envelope")],  # a repeated key: the last one counts
+            [spliced('"battery_pct":7,')],
+            [spliced('"battery_pct":"7",')],
+            [spliced(r'"os_version":"\ud800",')],  # a lone surrogate
+            [spliced('"ts":NaN,')],
+            [spliced('"x":Infinity,')],
+            [spliced(r'"x":"\u0000",')],  # taken here; PostgreSQL refuses it (a store refusal)
+            [spliced('"body":[],', where="envelope").replace('"body":{', '"other":{')],
+            [state_line().replace('"body":{', '"body":null,"b":{')],
+            [state_line(), ""],  # an empty line in a batch
+            [state_line(), "[]"],
+            [state_line(), "null"],
+        ],
+    )
+    def test_same_answer_as_the_reference(self, lines: list[str]) -> None:
+        raw = payload(lines)
+        origin = parse_origin(f"{UP}/state")
+        fast = decode_upstream(f"{UP}/state", raw, max_payload_bytes=65536)
+        assert outcome(fast) == outcome(_checked_payload(origin, raw))
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"\xef\xbb\xbf" + state_line().encode(),  # a UTF-8 byte order mark
+            state_line().encode().replace(b'"tab-0001"', b'"tab-\xff"'),
+            spliced('"x":"\xe9",').encode("latin-1"),  # not UTF-8 in a field nobody reads
+            zlib.compress(f"{state_line(1)}\r\n{state_line(2, 'tab-0002')}\r\n".encode()),
+            zlib.compress(f"{state_line(1)}\r{state_line(2, 'tab-0002')}".encode()),
+            zlib.compress(f"{state_line(1)}\n\n{state_line(2, 'tab-0002')}".encode()),
+            state_line().encode("utf-16"),
+            b"{",
+        ],
+    )
+    def test_same_answer_on_raw_bytes(self, raw: bytes) -> None:
+        origin = parse_origin(f"{UP}/state")
+        fast = decode_upstream(f"{UP}/state", raw, max_payload_bytes=65536)
+        assert outcome(fast) == outcome(_checked_payload(origin, raw))
+
+    def test_what_a_gateway_sends_takes_the_fast_path(self) -> None:
+        lines = [state_line(i, f"tab-{i:04d}") for i in range(1, 301)]
+        origin = parse_origin(f"{UP}/state")
+        rows = _fast_states(origin, payload(lines))
+        assert rows is not None
+        assert [r.seq for r in rows] == list(range(1, 301))
+
+
+def states(*lines: str) -> list[Row]:
+    return decode_upstream(f"{UP}/state", payload(list(lines)), max_payload_bytes=65536).rows
+
+
+class TestApplyStates:
+    """apply_batch on a real PostgreSQL: duplicates among states, in the store and in the batch."""
+
+    async def test_only_the_new_states_are_applied(self, db: asyncpg.Connection) -> None:
+        await prepare_connection(db)
+        async with db.transaction():
+            first = await apply_batch(db, states(state_line(1), state_line(2, "tab-0002")))
+        assert (first.states, first.states_applied, first.duplicates) == (2, 2, 0)
+        again = states(
+            state_line(1),  # seen before
+            state_line(3, "tab-0003", battery_pct=30),
+            state_line(3, "tab-0003", battery_pct=31),  # the same key twice: the first counts
+            state_line(4, "tab-0002", battery_pct=40),
+        )
+        async with db.transaction():
+            second = await apply_batch(db, again)
+        assert (second.states, second.states_applied, second.duplicates) == (2, 2, 2)
+        rows = await db.fetch("SELECT device_id, seq, battery_pct, applied FROM tablets")
+        assert sorted(tuple(r) for r in rows) == [
+            ("tab-0001", 1, 80, 1),
+            ("tab-0002", 4, 40, 2),
+            ("tab-0003", 3, 30, 1),
+        ]
+        assert await db.fetchval("SELECT count(*) FROM upstream_seen") == 4
 
 
 @pytest.fixture

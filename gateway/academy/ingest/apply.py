@@ -8,11 +8,19 @@ batch's MQTT messages to the broker only after COMMIT. Within it:
    redelivery after a worker died, or a gateway resending what the broker
    had received before its PUBACK was lost) and are dropped here. Only the
    fresh ones go on.
-2. States: COPY into a temporary staging table, then one
-   ``INSERT ... SELECT DISTINCT ON (tablet) ... ON CONFLICT DO UPDATE ...
-   WHERE`` the incoming seq is newer than the one held (for the same
-   gateway; across gateways the tablet's own clock decides). A state older
-   than the one held changes nothing.
+2. States (nearly all the volume; three statements per batch whatever its
+   size): binary COPY into a temporary staging table; their keys go into
+   ``upstream_seen`` from there with a plain INSERT under a savepoint (the
+   usual case: every key is new, nothing comes back to Python, and a plain
+   INSERT costs about half of ON CONFLICT's speculative insertion). A key seen
+   before fails it with a unique violation (PostgreSQL logs it, expected after
+   a redelivery): the savepoint is rolled back, the keys inserted again with
+   ON CONFLICT DO NOTHING, returning the new ones, and only those stay
+   staged. Then one ``INSERT ...
+   SELECT DISTINCT ON (tablet) ... ON CONFLICT DO UPDATE ... WHERE`` the
+   incoming seq is newer than the one held (for the same gateway; across
+   gateways the tablet's own clock decides). A state older than the one held
+   changes nothing.
 3. Summaries go into the history; the gateway row takes the newest one's
    figures (again: only a higher seq).
 4. Results: a tablet's delivery result and a school's progress snapshot are
@@ -30,8 +38,9 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -46,21 +55,9 @@ from gateway.academy.ingest.upstream import (
 )
 
 STAGING_TABLE = "staged_states"
-STAGING_COLUMNS = (
-    "school_id",
-    "gateway_id",
-    "seq",
-    "device_id",
-    "reported_at",
-    "battery_pct",
-    "charging",
-    "storage_free_mb",
-    "storage_total_mb",
-    "os_version",
-    "group_name",
-    "locked",
-    "report",
-)
+# A StateRow is the COPY record as it stands: its fields, in order, except that
+# the staging table calls ``report_json`` ``report``.
+STAGING_COLUMNS = (*StateRow._fields[:-1], "report")
 
 CREATE_STAGING = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
@@ -76,6 +73,15 @@ SELECT s, g, q, k, $5 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text
 ORDER BY s, g, q
 ON CONFLICT DO NOTHING
 RETURNING school_id, gateway_id, seq
+"""
+
+# The staged states' keys, in key order (two workers inserting the same key wait
+# for each other in the same order: no deadlock between them). No ON CONFLICT:
+# one key seen before makes it fail (see the docstring).
+MARK_STAGED_SEEN = f"""
+INSERT INTO upstream_seen (school_id, gateway_id, seq, kind, received_at)
+SELECT school_id, gateway_id, seq, 'state', $1 FROM {STAGING_TABLE}
+ORDER BY school_id, gateway_id, seq
 """
 
 UPSERT_TABLETS = f"""
@@ -181,6 +187,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 
 
+_R = TypeVar("_R", bound=Row)
+
+
 @dataclass
 class Applied:
     """What one batch changed."""
@@ -236,31 +245,13 @@ async def apply_batch(
         )
     if not rows:
         return result
-    fresh_keys = {
-        (r["school_id"], r["gateway_id"], r["seq"])
-        for r in await conn.fetch(
-            MARK_SEEN,
-            [r.school_id for r in rows],
-            [r.gateway_id for r in rows],
-            [r.seq for r in rows],
-            [_kind(r) for r in rows],
-            at,
-        )
-    }
-    fresh: list[Row] = []
-    for row in rows:
-        key = (row.school_id, row.gateway_id, row.seq)
-        if key in fresh_keys:
-            fresh_keys.discard(key)  # a second copy in the same batch is a duplicate too
-            fresh.append(row)
-    result.duplicates = len(rows) - len(fresh)
-    states = [r for r in fresh if isinstance(r, StateRow)]
+    states = [r for r in rows if isinstance(r, StateRow)]
     if states:
-        result.states = len(states)
-        await conn.copy_records_to_table(
-            STAGING_TABLE, records=_state_records(states), columns=STAGING_COLUMNS
-        )
+        result.states = await _stage_fresh_states(conn, states, at)
         result.states_applied = _rows_of(await conn.execute(UPSERT_TABLETS, at))
+    others = [r for r in rows if not isinstance(r, StateRow)]
+    fresh = await _fresh_only(conn, others, at) if others else []
+    result.duplicates = len(rows) - result.states - len(fresh)
     summaries = [r for r in fresh if isinstance(r, SummaryRow)]
     if summaries:
         result.summaries = len(summaries)
@@ -315,6 +306,46 @@ async def apply_batch(
     return result
 
 
+async def _stage_fresh_states(
+    conn: asyncpg.Connection, states: list[StateRow], at: datetime.datetime
+) -> int:
+    """Stage the states that are not duplicates, mark them seen; return how many."""
+    await conn.copy_records_to_table(STAGING_TABLE, records=states, columns=STAGING_COLUMNS)
+    try:
+        async with conn.transaction():  # a savepoint
+            await conn.execute(MARK_STAGED_SEEN, at)
+        return len(states)
+    except asyncpg.UniqueViolationError:
+        pass  # some were seen before (or twice in this batch): the exact path
+    fresh = await _fresh_only(conn, states, at)
+    await conn.execute(f"DELETE FROM {STAGING_TABLE}")
+    if fresh:
+        await conn.copy_records_to_table(STAGING_TABLE, records=fresh, columns=STAGING_COLUMNS)
+    return len(fresh)
+
+
+async def _fresh_only(conn: asyncpg.Connection, rows: list[_R], at: datetime.datetime) -> list[_R]:
+    """Mark ``rows`` seen; return those that were not (the first copy of each key)."""
+    fresh_keys = {
+        (r["school_id"], r["gateway_id"], r["seq"])
+        for r in await conn.fetch(
+            MARK_SEEN,
+            [r.school_id for r in rows],
+            [r.gateway_id for r in rows],
+            [r.seq for r in rows],
+            [_kind(r) for r in rows],
+            at,
+        )
+    }
+    fresh: list[_R] = []
+    for row in rows:
+        key = (row.school_id, row.gateway_id, row.seq)
+        if key in fresh_keys:
+            fresh_keys.discard(key)  # a second copy in the same batch is a duplicate too
+            fresh.append(row)
+    return fresh
+
+
 def _kind(row: Row) -> str:
     if isinstance(row, StateRow):
         return "state"
@@ -323,27 +354,6 @@ def _kind(row: Row) -> str:
     if isinstance(row, RejectionRow):
         return "rejection"
     return "result"
-
-
-def _state_records(states: Iterable[StateRow]) -> list[tuple[object, ...]]:
-    return [
-        (
-            s.school_id,
-            s.gateway_id,
-            s.seq,
-            s.device_id,
-            s.reported_at,
-            s.battery_pct,
-            s.charging,
-            s.storage_free_mb,
-            s.storage_total_mb,
-            s.os_version,
-            s.group_name,
-            s.locked,
-            s.report_json,
-        )
-        for s in states
-    ]
 
 
 async def _apply_summaries(

@@ -22,6 +22,10 @@ against the topic it came on. Refusals, in the order they are checked:
 
 The topic's school and gateway are what the broker's ACL let that gateway
 publish on, so a message claiming another school is never applied.
+
+State payloads (nearly all the volume) go first through a fast path
+(``_fast_states``, msgspec); whatever it does not take goes through the
+reference checks below, which alone decide a refusal's reason and detail.
 A refused message is counted and logged by the worker and acknowledged
 (sending it again would not make it valid); the others of its payload are
 applied.
@@ -33,10 +37,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
 
 from gateway.errors import RejectedInput
-from gateway.relay.wire import decode_payload
+from gateway.relay.wire import decode_payload, payload_text
 
 KINDS = ("result", "rejection", "summary", "state")
 MAX_SEQ = 2**63 - 1
@@ -55,8 +61,17 @@ class Origin:
     kind: str  # one of KINDS, or "status"
 
 
-@dataclass(frozen=True)
-class StateRow:
+class StateRow(NamedTuple):
+    """One tablet state, ready for the store.
+
+    A NamedTuple rather than the house's frozen dataclass: as immutable and
+    typed, and it is the staging table's COPY record as it stands (its fields
+    are ``gateway.academy.ingest.apply.STAGING_COLUMNS``, in order), built in
+    a fraction of a microsecond where a frozen dataclass of 13 fields takes
+    several (each field set through ``object.__setattr__``); one is built per
+    tablet state, tens of thousands a second.
+    """
+
     school_id: str
     gateway_id: str
     seq: int
@@ -182,6 +197,15 @@ def decode_upstream(topic: str, payload: bytes, *, max_payload_bytes: int) -> De
         origin = parse_origin(topic)
     except RejectedInput as exc:
         return DecodedPayload(None, refusals=[Refusal(exc.reason, exc.detail)])
+    if origin.kind == "state":
+        fast = _fast_states(origin, payload)
+        if fast is not None:
+            return DecodedPayload(origin, rows=fast)
+    return _checked_payload(origin, payload)
+
+
+def _checked_payload(origin: Origin, payload: bytes) -> DecodedPayload:
+    """The reference checks: the rows, and each refusal with its reason and detail."""
     decoded = DecodedPayload(origin)
     if origin.kind == "status":
         if not payload:  # a cleared retained status
@@ -202,6 +226,81 @@ def decode_upstream(topic: str, payload: bytes, *, max_payload_bytes: int) -> De
         except RejectedInput as exc:
             decoded.refusals.append(Refusal(exc.reason, exc.detail))
     return decoded
+
+
+# The fast path for state payloads. msgspec (PyPI; already the box's report
+# decoder, gateway.state.report) decodes each line straight into typed structs
+# and checks types and bounds as it goes, several times cheaper than json.loads
+# plus the checks below, which matters at tens of thousands of states a second.
+# The body is kept as the JSON text it came as (msgspec.Raw) for the ``report``
+# column, where the reference re-encodes it; PostgreSQL's jsonb holds the same
+# value either way. It is strictly narrower than the reference checks (UTF-8
+# only, no bool for a number, no float for an integer, no null for a field, the
+# same bounds): a payload it takes, the reference takes with the same rows
+# (tests/academy/test_academy_ingest.py::TestFastPath); if any line of a payload
+# is not taken, the whole payload goes through the reference.
+class _Envelope(msgspec.Struct, gc=False):  # transient, holds no cycles
+    school_id: str
+    gateway_id: str
+    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+    kind: str
+    body: msgspec.Raw
+
+
+class _StateBody(msgspec.Struct, gc=False):
+    device_id: str
+    ts: Annotated[float, msgspec.Meta(ge=0, lt=2**40)]  # a JSON integer is taken too
+    battery_pct: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    charging: bool
+    storage_free_mb: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+    storage_total_mb: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+    os_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    locked: bool
+    group: str = ""
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_STATE_BODY = msgspec.json.Decoder(_StateBody)
+
+
+def _fast_states(origin: Origin, payload: bytes) -> list[Row] | None:
+    """Every state of an up/state payload if the fast path takes them all, else None."""
+    try:
+        text = payload_text(payload)
+        text.decode()  # not UTF-8: the reference refuses the payload (not_json)
+        rows: list[Row] = []
+        for line in text.splitlines():
+            message = _ENVELOPE.decode(line)
+            body = _STATE_BODY.decode(message.body)
+            if (
+                message.school_id != origin.school_id
+                or message.gateway_id != origin.gateway_id
+                or message.kind != "state"
+                or body.storage_free_mb > body.storage_total_mb
+                or not _ID_RE.fullmatch(body.device_id)
+                or (body.group and not _ID_RE.fullmatch(body.group))
+            ):
+                return None
+            rows.append(
+                StateRow(
+                    origin.school_id,
+                    origin.gateway_id,
+                    message.seq,
+                    body.device_id,
+                    body.ts,
+                    body.battery_pct,
+                    body.charging,
+                    body.storage_free_mb,
+                    body.storage_total_mb,
+                    body.os_version,
+                    body.group,
+                    body.locked,
+                    str(message.body, "utf-8"),
+                )
+            )
+    except (RejectedInput, UnicodeDecodeError, msgspec.DecodeError):  # ValidationError too
+        return None
+    return rows
 
 
 def _status(origin: Origin, payload: bytes) -> GatewayStatus:
