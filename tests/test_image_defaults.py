@@ -11,17 +11,21 @@ from gateway.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROVISIONING_EXAMPLE = REPO / "firmware-image" / "school-gateway.toml.example"
-GENIMAGE = REPO / "firmware-image" / "genimage.cfg"
+GENIMAGES = sorted((REPO / "firmware-image").glob("genimage-*.cfg"))
 MB = 1_000_000
 
 
 def data_partition_bytes() -> int:
-    """The size of the image's data partition as genimage.cfg builds it."""
-    block = re.search(r"image data\.ext4 \{(.*?)\n\}", GENIMAGE.read_text(), re.S)
-    assert block is not None, "genimage.cfg has no data.ext4 image"
-    size = re.search(r"size = (\d+)([KMG])", block.group(1))
-    assert size is not None
-    return int(size.group(1)) * 1024 ** " KMG".index(size.group(2))
+    """The smallest data partition the genimage-<arch>.cfg files build (before it grows)."""
+    sizes = []
+    assert GENIMAGES, "no firmware-image/genimage-*.cfg"
+    for config in GENIMAGES:
+        block = re.search(r"image data\.ext4 \{(.*?)\n\}", config.read_text(), re.S)
+        assert block is not None, f"{config.name} has no data.ext4 image"
+        size = re.search(r"size = (\d+)([KMG])", block.group(1))
+        assert size is not None
+        sizes.append(int(size.group(1)) * 1024 ** " KMG".index(size.group(2)))
+    return min(sizes)
 
 
 class TestCacheOnTheImage:
