@@ -25,9 +25,10 @@ batch's MQTT messages to the broker only after COMMIT. Within it:
    figures (again: only a higher seq).
 4. Results: a tablet's delivery result and a school's progress snapshot are
    kept when their seq is newer; rejections are appended.
-5. Schools and gateways are inserted when new, and their last seen moved
-   only when it is LAST_SEEN_STEP_S old (so two workers rarely wait on the
-   same row), in sorted order, so two workers lock rows in the same order (no
+5. Schools and gateways are inserted when new (first), and their last seen
+   moved only when it is LAST_SEEN_STEP_S old (so two workers rarely wait on
+   the same row) at the end of the transaction (so such a wait is short), in
+   sorted order, so two workers lock rows in the same order (no
    deadlock between them; if the server reports one anyway the worker retries
    the whole transaction).
 
@@ -241,20 +242,30 @@ async def apply_batch(
     gateways = {(r.school_id, r.gateway_id) for r in rows}
     gateways.update((s.school_id, s.gateway_id) for s in statuses)
     result.gateways = gateways
-    if gateways:
-        ordered = sorted(gateways)
-        schools = sorted({s for s, _ in ordered})
-        school_ids, gateway_ids = [s for s, _ in ordered], [g for _, g in ordered]
+    ordered = sorted(gateways)
+    schools = sorted({s for s, _ in ordered})
+    school_ids, gateway_ids = [s for s, _ in ordered], [g for _, g in ordered]
+    if gateways:  # new ones first (a summary updates its gateway's row); locks no known row
         await conn.execute(INSERT_SCHOOLS, schools, at)
-        await conn.execute(TOUCH_SCHOOLS, schools, at, LAST_SEEN_STEP_S)
         await conn.execute(INSERT_GATEWAYS, school_ids, gateway_ids, at)
+    if rows:
+        await _apply_rows(conn, rows, at, result)
+    # Last: the rows two workers share (a school's, a gateway's) are then locked
+    # only for the end of the transaction, not while its states are applied (with
+    # them first, a worker waited up to a whole batch for the other's COMMIT).
+    if gateways:
+        await conn.execute(TOUCH_SCHOOLS, schools, at, LAST_SEEN_STEP_S)
         await conn.execute(TOUCH_GATEWAYS, school_ids, gateway_ids, at, LAST_SEEN_STEP_S)
     for status in sorted(statuses, key=lambda s: (s.school_id, s.gateway_id)):
         await conn.execute(
             SET_GATEWAY_STATUS, status.school_id, status.gateway_id, status.online, at
         )
-    if not rows:
-        return result
+    return result
+
+
+async def _apply_rows(
+    conn: asyncpg.Connection, rows: Sequence[Row], at: datetime.datetime, result: Applied
+) -> None:
     states = [r for r in rows if isinstance(r, StateRow)]
     if states:
         result.states = await _stage_fresh_states(conn, states, at)
@@ -313,7 +324,6 @@ async def apply_batch(
                 row.at,
                 at,
             )
-    return result
 
 
 async def _stage_fresh_states(
