@@ -320,6 +320,34 @@ class TestSeedingAndStats:
         assert row["tablets_holding"] == 2 and row["complete"] and row["pinned"]
         assert lab.service.paths.object(item["sha256"]).read_bytes() == good
 
+    async def test_import_wins_over_a_download_retrying_through_an_outage(self, lab, tmp_path):
+        """The rural case: the uplink is down, the prefetch keeps retrying, a USB
+        stick brings the item. The import takes it; the download stops."""
+        await lab.start(origin_give_up_s=600.0)
+        data = blob(300_000, 52)
+        item = lab.item("outage.apk", data)
+        sha = item["sha256"]
+        await lab.origin.stop()
+        await lab.publish([item])
+        status, _, _ = await lab.get(sha)
+        assert status == 503  # the tablet is told to come back later...
+        assert lab.service.active(sha) is not None  # ...while the download retries
+        usb = tmp_path / "usb"
+        usb.mkdir()
+        (usb / "outage.apk").write_bytes(data)
+
+        report = await lab.service.import_directory(usb)
+
+        assert sorted(report.verified) == [sha], report.as_dict()
+        assert not report.failed and report.wanted == 1
+        assert lab.service.active(sha) is None
+        assert lab.service.lookup(sha).complete
+        assert not lab.service.paths.part(sha).exists()
+        assert not list(lab.service.paths.partial.iterdir())
+        status, _, body = await lab.get(sha)
+        assert status == 200 and body == data
+        assert lab.counters.get("cache_items_imported") == 1
+
 
 class TestDiskErrors:
     """A cached file that cannot be read is logged, counted, and the tablet cut off."""

@@ -114,7 +114,7 @@ async def import_files(
                 tmp.unlink(missing_ok=True)
                 report.refused.append(f"{path}: {reason}")
                 continue
-            final = staging / digest
+            final = staging / f".import-{digest}"  # not partial/<sha>: a download may hold it
             os.replace(tmp, final)
             report.verified[digest] = final
             log.info("import: %s verified as %s (%s)", path, digest, entry.name)

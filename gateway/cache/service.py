@@ -91,6 +91,7 @@ class CacheService:
         self._db = db
         self._index: CacheIndex | None = None
         self._active: dict[str, Download] = {}
+        self._download_tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._session: aiohttp.ClientSession | None = None
         self._prefetch_wake = asyncio.Event()
@@ -255,7 +256,9 @@ class CacheService:
         )
         self._active[sha256] = download
         self.counters.inc("cache_downloads_started")
-        self._group.create_task(self._download(download), name=f"cache-download-{sha256[:12]}")
+        self._download_tasks[sha256] = self._group.create_task(
+            self._download(download), name=f"cache-download-{sha256[:12]}"
+        )
         return download
 
     async def _download(self, download: Download) -> None:
@@ -276,6 +279,21 @@ class CacheService:
                 )
         finally:
             self._active.pop(sha, None)
+            self._download_tasks.pop(sha, None)
+
+    async def _stop_download(self, sha256: str, why: str) -> None:
+        """Cancel the download of ``sha256``, if one runs, and wait until it ended.
+
+        Tablets streaming from it are cut off as on a failed download; their
+        retry finds the item complete.
+        """
+        task = self._download_tasks.get(sha256)
+        download = self._active.get(sha256)
+        if task is None or download is None:
+            return
+        download.error = CacheError(why)
+        task.cancel()
+        await asyncio.wait({task})
 
     def _admit(self, entry: Entry) -> None:
         """Make room for ``entry`` (LRU eviction of unpinned items) or raise Refused.
@@ -368,11 +386,7 @@ class CacheService:
 
         ``report``, when given, is filled as the import goes (the console shows it).
         """
-        wanted = {
-            e.sha256: e
-            for e in self.index.entries()
-            if not e.complete and e.sha256 not in self._active
-        }
+        wanted = {e.sha256: e for e in self.index.entries() if not e.complete}
         report = await import_files(
             folder, wanted, self.paths.partial, self._admit_for_import, report=report
         )
@@ -384,12 +398,22 @@ class CacheService:
                 "with `academy send --manifest`, or set cache.manifest_url)"
             )
         for sha, path in report.verified.items():
+            # An item still downloading (a prefetch retrying through an
+            # outage, say): the verified copy wins, the download stops.
+            await self._stop_download(sha, "superseded by a verified copy imported from a folder")
+            entry = self.index.get(sha)
+            if entry is None or entry.complete:  # finished first, same bytes; or evicted
+                path.unlink(missing_ok=True)
+                continue
             os.replace(path, self.paths.object(sha))
+            self.paths.part(sha).unlink(missing_ok=True)
             await self.index.set_complete(sha, True)
         self.counters.inc("cache_items_imported", len(report.verified))
         return report
 
     def _admit_for_import(self, entry: Entry) -> str | None:
+        if entry.sha256 in self._active:
+            return None  # its download already holds the room
         try:
             self._admit(entry)
         except Refused as exc:
