@@ -233,6 +233,10 @@ async def run_phase(
                 f"phase {workers} worker(s), round {number}: {messages} messages in {elapsed:.1f} s",
                 flush=True,
             )
+        batches, taken = await conn.fetchrow(
+            "SELECT coalesce(sum((counters->>'ingest_batches')::bigint), 0)::bigint,"
+            " coalesce(sum((counters->>'ingest_payloads')::bigint), 0)::bigint FROM ingest_workers"
+        )
         seen = await conn.fetchval("SELECT count(*) FROM upstream_seen")
         over = await conn.fetchval("SELECT count(*) FROM tablets WHERE applied > $1", len(rounds))
         under = await conn.fetchval("SELECT count(*) FROM tablets WHERE applied < $1", len(rounds))
@@ -248,6 +252,7 @@ async def run_phase(
         "pg_cpu_per_1000": measured["pg_cpu"] * 1000 / max(1, states),
         "lost": max(0, expected - seen) + under + (args.schools * args.tablets - tablets),
         "applied_twice": over + max(0, seen - expected),
+        "payloads_per_batch": taken / max(1, batches),
     }
 
 
@@ -379,6 +384,12 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "postgres_cpu_s_per_1000_states_1_worker": round(one["pg_cpu_per_1000"], 3),
         "postgres_cpu_s_per_1000_states_2_workers": round(two["pg_cpu_per_1000"], 3),
         "postgres_cpu_s_per_1000_states_copy": round(floor["pg_cpu_per_1000"], 3),
+        # The same CPU figures in microseconds per state, one decimal.
+        "worker_cpu_us_per_state_2_workers": round(two["worker_cpu_per_1000"] * 1000, 1),
+        "postgres_cpu_us_per_state_2_workers": round(two["pg_cpu_per_1000"] * 1000, 1),
+        "postgres_cpu_us_per_state_copy": round(floor["pg_cpu_per_1000"] * 1000, 1),
+        "payloads_per_batch_1_worker": round(one["payloads_per_batch"], 1),
+        "payloads_per_batch_2_workers": round(two["payloads_per_batch"], 1),
         "overview_p95_ms": round(max(p95["page"], p95["api"]), 1),
         "overview_page_p95_ms": round(p95["page"], 1),
         "overview_api_p95_ms": round(p95["api"], 1),

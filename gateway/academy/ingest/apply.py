@@ -205,8 +205,18 @@ class Applied:
     gateways: set[tuple[str, str]] = field(default_factory=set)
 
 
+# This session's memory for the staging table and for sorting it (PostgreSQL's
+# defaults, 8 MB and 4 MB, are far below a full batch: 400 payloads of 300
+# states are ~60 MB staged). Below it they spill to temporary files: measured
+# ~10% more PostgreSQL CPU per state at full batches. Taken only as used.
+SESSION_SETTINGS = "SET temp_buffers = '128MB'; SET work_mem = '64MB'"
+
+
 async def prepare_connection(conn: asyncpg.Connection) -> None:
-    """Per connection: the staging table (temporary: this session only, emptied at commit)."""
+    """Per connection: its memory settings, then the staging table (temporary: this
+    session only, emptied at commit). temp_buffers must be set before the session
+    first touches a temporary table."""
+    await conn.execute(SESSION_SETTINGS)
     await conn.execute(CREATE_STAGING)
 
 
