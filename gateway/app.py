@@ -70,6 +70,9 @@ from gateway.state.shadow import tablet_counts
 from gateway.state.summary import SummaryRules
 from gateway.state.summary_maker import SummaryMaker
 from gateway.store.database import DATABASE_FILE, Database
+from gateway.sysupdate.manifest_filter import for_this_box
+from gateway.sysupdate.system import read_system_info
+from gateway.sysupdate.updater import SystemUpdater
 from gateway.web.server import build_app
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,7 @@ class Flows:
     confirmations: ResultConfirmations
     cache: CacheService
     clock: BoxClock
+    system: SystemUpdater
 
 
 class Gateway:
@@ -148,7 +152,7 @@ class Gateway:
         # Keys and certificates: made at first start, refused if others can read them.
         identity = load_identity(self.config)
         self.school_link, self.command_link, self.academy_link = self._links()
-        self._db = db = await Database.open(g.state_dir / DATABASE_FILE)
+        self._db = db = await Database.open(g.state_dir / DATABASE_FILE, restore_newer=True)
         outbox.track_peak(db)
         try:
             await self._prepare_school_broker(identity, db)
@@ -291,7 +295,13 @@ class Gateway:
             max_report_bytes=tablets.max_report_bytes,
             batch_size=min(BATCH_SIZE, self.config.school_broker.receive_max // 2),
         )
-        cache = CacheService(self.config, db, self.counters, academy_keys=self._academy_keys)
+        cache = CacheService(
+            self.config,
+            db,
+            self.counters,
+            academy_keys=self._academy_keys,
+            wanted=for_this_box(read_system_info(self.config.system_update).compatible),
+        )
         await cache.open()
         accepted = AcceptedCommands()
         await accepted.load(db)
@@ -347,6 +357,15 @@ class Gateway:
             extra=self._summary_sections,
             on_committed=drain.notify,
         )
+        system = SystemUpdater(
+            self.config,
+            self.counters,
+            manifest_items=cache.manifest_items,
+            complete=cache.complete_items,
+            object_path=cache.paths.object,
+            on_outcome=summaries.wake,
+        )
+        system.load_outcomes()  # the first summary carries the last outcome
         return Flows(
             drain=drain,
             ingest=ingest,
@@ -358,6 +377,7 @@ class Gateway:
             confirmations=confirmations,
             cache=cache,
             clock=box_clock,
+            system=system,
         )
 
     def _services(
@@ -384,6 +404,7 @@ class Gateway:
             "result-confirmations": flows.confirmations.run(),
             "ready-for-results": self._announce_ready(),
             "summaries": flows.summaries.run(),
+            "system-update": flows.system.run(),
             "store-health": self._report_store_health(db),
             "http": serve_until_cancelled(web_app, http.host, http.port, self._http_started),
         }
@@ -420,6 +441,7 @@ class Gateway:
                 clock=flows.clock,
             ),
             cache=flows.cache,
+            system=flows.system.status,
             revoke=(
                 (lambda device_id: self._revoke_tablet(identity, db, device_id)) if secure else None
             ),
@@ -462,6 +484,7 @@ class Gateway:
             await flows.cache.running.wait()
             self.ready.set()
             notify("READY=1")
+            flows.system.mark_ready()  # for the boot health check of a new system
             interval = watchdog_interval()
             if interval is not None:
                 tasks.append(group.create_task(run_watchdog(interval), name="systemd-watchdog"))
@@ -565,7 +588,10 @@ class Gateway:
 
     async def _summary_sections(self) -> dict[str, Any]:
         """What other flows add to each school summary."""
-        return {"cache": summarize_cache(await self.cache.stats())}
+        return {
+            "cache": summarize_cache(await self.cache.stats()),
+            "system": self._flows.system.block(),
+        }
 
     def _announcement(self) -> Coroutine[Any, Any, None] | None:
         """The mDNS announcement on the box's LAN addresses, or None without any."""
@@ -699,6 +725,7 @@ class Gateway:
                 "peak_bytes": await outbox.peak_bytes(self._db) if self._db else 0,
             },
             "cache": await self.cache.stats() if self._db else {},
+            "system": self._flows.system.status() if self._db else {},
             "commands": await command_queue.status_view(self._db) if self._db else {},
             "counters": self.counters.snapshot(),
         }

@@ -10,6 +10,7 @@
     cache import DIR  seed the update cache from a folder (USB drive), verifying hashes
     decode            print an upstream payload (academy side) as JSON lines
     console           the school console: hash-password for provisioning
+    system-update     A/B system updates: install, health-check (root's units), status
 
 Each flow adds its own commands through a ``register(subparsers)`` function.
 """
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.relay.decode import register as register_decode
 
     register_decode(commands)
+    from gateway.sysupdate.cli import register as register_system_update
+
+    register_system_update(commands)
     return parser
 
 

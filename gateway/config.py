@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from gateway.errors import ConfigError
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+_WINDOW = r"^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$"
 DEFAULT_CONFIG_PATH = Path("/etc/school-gateway/gateway.toml")
 
 _T = TypeVar("_T")
@@ -208,6 +209,34 @@ class ConsoleSection:
 
 
 @dataclass(frozen=True)
+class SystemUpdateSection:
+    """A/B system updates with RAUC (gateway/sysupdate, docs/operations.md).
+
+    The gateway reads the files below and writes an install request; the
+    privileged helper and the boot health check (``system-update install`` /
+    ``health-check``, run as root by their systemd units) read the same keys.
+    """
+
+    enabled: bool = True
+    # When a fetched, verified bundle may be installed (local time, "HH:MM-HH:MM",
+    # may wrap past midnight): the box reboots right after a successful install.
+    window: str = field(default="02:00-05:00", metadata={"pattern": _WINDOW})
+    check_interval_s: float = field(default=60.0, metadata={"min": 1, "max": 3600})
+    version_file: Path = Path("/usr/lib/school-gateway/system-version")
+    rauc_system_conf: Path = Path("/etc/rauc/system.conf")
+    keyring: Path = Path("/etc/rauc/keyring.pem")
+    rauc_command: tuple[str, ...] = ("rauc",)
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    # After an install: [] = the image's /usr/lib/school-gateway/reboot-into-update when it
+    # exists (a Pi boots the new slot once with tryboot), else reboot_command.
+    reboot_into_update_command: tuple[str, ...] = ()
+    # The first boot of a new slot must be healthy within this long, else mark-bad + reboot.
+    health_deadline_s: float = field(default=300.0, metadata={"min": 5, "max": 3600})
+    # An install tried this many times (power cuts, failed reboots) is not tried again.
+    max_attempts: int = field(default=3, metadata={"min": 1, "max": 20})
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one field per TOML table."""
 
@@ -224,6 +253,7 @@ class Config:
     escrow: EscrowSection = field(default_factory=EscrowSection)
     technicians: TechniciansSection = field(default_factory=TechniciansSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
+    system_update: SystemUpdateSection = field(default_factory=SystemUpdateSection)
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
 
 

@@ -8,6 +8,7 @@ GatewayError
 ├── UplinkError      the academy link or the origin cannot be used right now
 ├── SecurityError    keys, certificates or enrollment tokens are unusable
 ├── CacheError       the update cache cannot hold or complete an item (refused, corrupt)
+├── SystemUpdateError  RAUC refused or failed (a bundle, an install, a slot mark)
 └── RejectedInput    a payload from a tablet, the academy or the network is invalid
 
 Library exceptions (aiomqtt.MqttError, sqlite3.Error, aiohttp.ClientError) are
@@ -47,6 +48,10 @@ class SecurityError(GatewayError):
 
 class CacheError(GatewayError):
     """The update cache refused an item or a download failed its hash check."""
+
+
+class SystemUpdateError(GatewayError):
+    """RAUC refused a bundle or failed; the message is RAUC's own, for the outcome record."""
 
 
 class RejectedInput(GatewayError):

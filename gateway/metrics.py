@@ -174,6 +174,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _counter("cache_disk_read_errors", "Cache files that could not be read to serve them."),
     _counter("cache_evictions", "Files evicted from the cache."),
     _counter("cache_write_errors", "Downloads failed: the disk did not take a chunk (full?)."),
+    # System updates (gateway/sysupdate).
+    _counter("system_update_requests", "Install requests written for root's update helper."),
+    _counter("system_update_errors", "System update files that could not be read or written."),
     # Enrollment.
     _counter("enrollments", "Tablets enrolled."),
     _counter("enrollment_rejected", "Enrollment requests rejected.", "reason"),

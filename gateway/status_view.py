@@ -14,6 +14,7 @@ from gateway.errors import GatewayError
 from gateway.security.admin_token import admin_api_url, admin_headers
 from gateway.state.shadow import tablet_counts
 from gateway.store.database import DATABASE_FILE, Database
+from gateway.sysupdate.status import read_system_block, render_system
 
 
 async def fetch_status(config_path: Path) -> dict[str, Any]:
@@ -33,7 +34,9 @@ async def fetch_status(config_path: Path) -> dict[str, Any]:
             reason = f"admin API answered {response.status}"
     except (aiohttp.ClientError, TimeoutError, GatewayError) as exc:
         reason = f"gateway not reachable at {url}: {exc}"
-    return await stored_status(config.gateway.state_dir, reason)
+    stored = await stored_status(config.gateway.state_dir, reason)
+    stored["system"] = read_system_block(config)
+    return stored
 
 
 async def stored_status(state_dir: Path, reason: str) -> dict[str, Any]:
@@ -155,6 +158,8 @@ def render_status(status: dict[str, Any]) -> str:
         lines.extend(_command_lines(status["commands"]))
     if "outbox" in status:
         lines.append(_outbox_line(status["outbox"]))
+    if status.get("system"):
+        lines.extend(render_system(status["system"]))
     if status.get("cache"):
         lines.extend(render_cache(status["cache"]))
     counters = status.get("counters", {})

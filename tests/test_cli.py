@@ -61,6 +61,7 @@ class TestDaemonAndStatus:
             human = await run_cli("status", "--config", str(config))
             assert "gateway gw-test (school school-test)" in human.stdout
             assert "brokers: school connected, academy connected" in human.stdout
+            assert "system: version unknown on slot ? (no RAUC)" in human.stdout
             # No IT contact yet: the console's one-time set-up code, shown only here.
             code = (tmp_path / "state" / "console-setup-code").read_text().strip()
             assert f"console set-up code: {code[:4]}-{code[4:8]}-{code[8:]}" in human.stdout
@@ -74,6 +75,9 @@ class TestDaemonAndStatus:
         stopped = await run_cli("status", "--config", str(config))
         assert "gateway NOT RUNNING" in stopped.stdout
         assert "tablets: 0 known (who is online is unknown" in stopped.stdout
+        # The system block, read from its files while the gateway is down (a dev host: no RAUC).
+        assert "system: version unknown on slot ? (no RAUC)" in stopped.stdout
+        assert "last update: none recorded" in stopped.stdout
 
 
 class TestMosquittoConfig:

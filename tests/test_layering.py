@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"broker"},
     {"relay"},
     {"state"},
-    {"commands", "cache", "appliance"},
+    {"commands", "cache", "appliance", "sysupdate"},
     {"web", "school_console", "academy", "status_view"},
     {"app"},
     {"lab", "sim", "demo"},  # the kit: never imported by what runs on a box

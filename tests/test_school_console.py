@@ -28,6 +28,8 @@ from gateway.sim.commands import SimulatedCommands
 from gateway.sim.enroll import enroll_tablet
 from gateway.sim.fleet import Fleet, FleetSettings
 from gateway.state.shadow import tablet_counts
+from gateway.sysupdate.files import OUTCOME, update_dir, write_atomically
+from gateway.sysupdate.outcomes import outcome, render_outcomes
 from tests.browser import axe_check
 from tests.conftest import secure_lab_tables, start_secure_broker
 
@@ -249,9 +251,21 @@ class TestItContact:
 
     async def test_updates_and_commands_pages(self, box: Box, it_page: Any) -> None:
         page = it_page
+        # Root's helpers recorded a rollback: the updates page says so, in French.
+        rolled_back = outcome(
+            "3", "ab" * 32, "rolled-back", at=time.time(), reason="booted slot A", slot="A"
+        )
+        folder = update_dir(box.gateway.config.gateway.state_dir)
+        write_atomically(folder / OUTCOME, render_outcomes((rolled_back,)))
         for link, heading in (("Mises à jour", "Mises à jour"), ("Commandes", "Commandes")):
             await page.get_by_role("link", name=link).click()
             await page.get_by_role("heading", name=heading, exact=True).wait_for()
+            if link == "Mises à jour":
+                await page.get_by_role("heading", name="Système de ce boîtier").wait_for()
+                await poll_until(page, '[data-outcome="rolled-back"]')
+                card = page.locator('[data-system="last-update"]')
+                assert "Version 3 : retour au système précédent" in await card.inner_text()
+                assert "booted slot A" in await card.inner_text()
             await axe_check(page)
         await page.goto(f"{box.url}/tablets?lang=en")
         await page.get_by_role("heading", name="Tablets").wait_for()

@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 GATEWAY_UNIT = REPO / "systemd" / "gateway.service"
 MOSQUITTO_DROPIN = REPO / "systemd" / "mosquitto.service.d" / "school-gateway.conf"
 RELOAD_UNITS = ("school-gateway-broker-reload.path", "school-gateway-broker-reload.service")
+SYSTEM_UPDATE_UNITS = (
+    "school-gateway-system-update.path",
+    "school-gateway-system-update.service",
+    "school-gateway-health-check.service",
+)
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 # Debian bookworm's /lib/systemd/system/mosquitto.service (mosquitto 2.0.11),
@@ -108,7 +113,7 @@ def make_root(root: Path, gateway_unit: str) -> Path:
     (local / "mosquitto.service.d").mkdir(parents=True)
     (local / "gateway.service").write_text(gateway_unit)
     reload_texts = []
-    for name in RELOAD_UNITS:
+    for name in (*RELOAD_UNITS, *SYSTEM_UPDATE_UNITS):
         reload_texts.append((REPO / "systemd" / name).read_text())
         (local / name).write_text(reload_texts[-1])
     dropin = MOSQUITTO_DROPIN.read_text()
@@ -148,7 +153,13 @@ class TestVerify:
 
     def test_units_verify_cleanly(self, root: Path) -> None:
         result = analyze(
-            root, "verify", "--man=no", "gateway.service", "mosquitto.service", *RELOAD_UNITS
+            root,
+            "verify",
+            "--man=no",
+            "gateway.service",
+            "mosquitto.service",
+            *RELOAD_UNITS,
+            *SYSTEM_UPDATE_UNITS,
         )
         assert complaints(result) == []
         assert result.returncode == 0
@@ -232,4 +243,33 @@ class TestContract:
         assert settings["PathChanged"] == [
             "/var/lib/school-gateway/pki/acl",
             "/var/lib/school-gateway/pki/crl.pem",
+        ]
+
+
+class TestSystemUpdateUnits:
+    """Root's update helper starts on the gateway's request; the health check on every boot."""
+
+    def settings(self, name: str) -> dict[str, list[str]]:
+        return unit_settings((REPO / "systemd" / name).read_text())
+
+    def test_path_unit_watches_the_request(self) -> None:
+        path = self.settings("school-gateway-system-update.path")
+        assert path["PathExists"] == ["/var/lib/school-gateway/system-update/request.json"]
+        assert path["Unit"] == ["school-gateway-system-update.service"]
+        assert path["WantedBy"] == ["multi-user.target"]
+
+    def test_helpers_run_the_gateway_cli_as_root(self) -> None:
+        for name, action in (
+            ("school-gateway-system-update.service", "install"),
+            ("school-gateway-health-check.service", "health-check"),
+        ):
+            unit = self.settings(name)
+            assert unit["Type"] == ["oneshot"]
+            assert "User" not in unit  # root: rauc writes the inactive slot
+            assert unit["ExecStart"] == [
+                "/opt/school-gateway/bin/python -m gateway system-update "
+                f"{action} --config /etc/school-gateway/gateway.toml"
+            ]
+        assert self.settings("school-gateway-health-check.service")["WantedBy"] == [
+            "multi-user.target"
         ]

@@ -169,6 +169,8 @@ async def school(conn: Conn, school_id: str, *, silent_s: float = 900.0) -> dict
         summary = json.loads(row.pop("summary") or "{}")
         row["box"] = summary.get("box", {})
         row["cache"] = {k: v for k, v in summary.get("cache", {}).items() if k != "items"}
+        system = summary.get("system")
+        row["system"] = system if isinstance(system, dict) else {}
         apps = summary.get("apps", {})
         if isinstance(apps, dict) and isinstance(apps.get("required"), dict):
             required.update(apps["required"])

@@ -15,6 +15,11 @@ key); it is not the key itself. Payload (JSON):
 
 A manifest with a lower serial than the current one is refused (``stale``),
 so a replayed old manifest cannot unpin current items.
+
+Kind ``system`` is a signed RAUC bundle for the box itself (gateway.sysupdate):
+it must carry ``version`` and ``compatible`` (the RAUC compatible string of
+the boxes it is for, e.g. ``school-gateway-amd64``); at most one system item
+per compatible. Other kinds may not carry ``compatible``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ MAX_ITEMS = 10_000
 MAX_URLS = 8
 MAX_ITEM_BYTES = 1 << 50
 _NAME = re.compile(r"[^/\\\x00-\x1f\x7f]{1,255}")
+SYSTEM_KIND = "system"
+_SYSTEM_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}")
+_COMPATIBLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class ManifestItem:
     name: str = ""
     kind: str = ""
     version: str = ""
+    compatible: str = ""  # kind "system" only: the RAUC compatible it is for
 
 
 @dataclass(frozen=True)
@@ -79,10 +88,18 @@ def parse_manifest(payload: bytes) -> Manifest:
         raise RejectedInput("bad_field", f"field 'items' must be a list of at most {MAX_ITEMS}")
     items = []
     seen: set[str] = set()
+    systems: set[str] = set()
     for index, raw in enumerate(raw_items):
         item = _item(raw, f"items[{index}]")
         if item.sha256 in seen:
             raise RejectedInput("bad_field", f"items[{index}].sha256 is listed twice")
+        if item.kind == SYSTEM_KIND:
+            if item.compatible in systems:
+                raise RejectedInput(
+                    "bad_field",
+                    f"items[{index}]: a second system item for compatible {item.compatible!r}",
+                )
+            systems.add(item.compatible)
         seen.add(item.sha256)
         items.append(item)
     return Manifest(serial=serial, issued_at=float(issued_at), items=tuple(items))
@@ -126,13 +143,30 @@ def _item(raw: Any, where: str) -> ManifestItem:
     name = _text(raw, "name", 255, prefix)
     if name and (not _NAME.fullmatch(name) or name in (".", "..")):
         raise RejectedInput("bad_field", f"field '{prefix}name' must be a plain file name")
+    kind = _text(raw, "kind", 32, prefix)
+    version = _text(raw, "version", 64, prefix)
+    compatible = _text(raw, "compatible", 64, prefix)
+    if kind == SYSTEM_KIND:
+        if not _SYSTEM_VERSION.fullmatch(version):
+            raise RejectedInput(
+                "bad_field",
+                f"field '{prefix}version' of a system item must be 1-64 of A-Z a-z 0-9 . _ + ~ -",
+            )
+        if not _COMPATIBLE.fullmatch(compatible):
+            raise RejectedInput(
+                "bad_field",
+                f"field '{prefix}compatible' of a system item must be 1-64 of A-Z a-z 0-9 . _ -",
+            )
+    elif compatible:
+        raise RejectedInput("bad_field", f"field '{prefix}compatible' is for kind 'system' only")
     return ManifestItem(
         sha256=sha256,
         size=size,
         urls=tuple(urls),
         name=name,
-        kind=_text(raw, "kind", 32, prefix),
-        version=_text(raw, "version", 64, prefix),
+        kind=kind,
+        version=version,
+        compatible=compatible,
     )
 
 

@@ -23,17 +23,17 @@ class Window:
         return minute_of_day >= self.start or minute_of_day < self.end
 
 
-def parse_windows(texts: tuple[str, ...]) -> tuple[Window, ...]:
+def parse_windows(texts: tuple[str, ...], key: str = "cache.offpeak_windows") -> tuple[Window, ...]:
     """``"22:00-06:00"`` strings into windows; ``"00:00-24:00"`` is all day."""
     windows = []
     for text in texts:
         match = _WINDOW.fullmatch(text.strip())
         if match is None:
-            raise ConfigError(f"cache.offpeak_windows: {text!r} is not 'HH:MM-HH:MM'")
+            raise ConfigError(f"{key}: {text!r} is not 'HH:MM-HH:MM'")
         h1, m1, h2, m2 = (int(g) for g in match.groups())
         start, end = h1 * 60 + m1, h2 * 60 + m2
         if start > 24 * 60 or end > 24 * 60:
-            raise ConfigError(f"cache.offpeak_windows: {text!r} is past 24:00")
+            raise ConfigError(f"{key}: {text!r} is past 24:00")
         windows.append(Window(start, end))
     return tuple(windows)
 

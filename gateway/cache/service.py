@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.cache.download import Download, OriginSettings
 from gateway.cache.eviction import Resident, free_space_floor, plan_admission
 from gateway.cache.index import CacheIndex, Entry, tablets_holding
-from gateway.cache.manifest import Manifest, parse_manifest, verify_envelope
+from gateway.cache.manifest import Manifest, ManifestItem, parse_manifest, verify_envelope
 from gateway.cache.offpeak import parse_windows
 from gateway.cache.seeding import NO_MANIFEST, ImportReport, import_files
 from gateway.cache.uplink_budget import UplinkBudget
@@ -75,9 +75,15 @@ class CacheService:
         counters: Counters,
         *,
         academy_keys: Mapping[str, Ed25519PublicKey],
+        wanted: Callable[[ManifestItem], bool] | None = None,
     ) -> None:
-        """``academy_keys``: the parsed ``commands.academy_keys``, which sign manifests too."""
+        """``academy_keys``: the parsed ``commands.academy_keys``, which sign manifests too.
+
+        ``wanted``: whether this box prefetches a manifest item (default: all);
+        the gateway leaves out system bundles made for other boxes.
+        """
         self.config = config
+        self._wanted = wanted
         self._academy_keys = academy_keys
         self.settings = config.cache
         self.counters = counters
@@ -316,8 +322,11 @@ class CacheService:
     async def _prefetch_loop(self) -> None:
         while True:
             self._prefetch_wake.clear()
+            skipped = self._not_wanted()
             for entry in self.index.entries():
                 if not entry.pinned or entry.complete or entry.sha256 in self._active:
+                    continue
+                if entry.sha256 in skipped:
                     continue
                 if entry.size > self.settings.quota_bytes:
                     continue
@@ -331,6 +340,19 @@ class CacheService:
                 await download.finished.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._prefetch_wake.wait(), PREFETCH_RECHECK_S)
+
+    def _not_wanted(self) -> set[str]:
+        if self._wanted is None or self.manifest is None:
+            return set()
+        return {item.sha256 for item in self.manifest.items if not self._wanted(item)}
+
+    def manifest_items(self) -> tuple[ManifestItem, ...]:
+        """The current manifest's items (none before the first manifest)."""
+        return self.manifest.items if self.manifest is not None else ()
+
+    def complete_items(self) -> set[str]:
+        """The sha256s held complete and hash-checked."""
+        return {e.sha256 for e in self.index.entries() if e.complete}
 
     async def _flush_access_loop(self) -> None:
         while True:

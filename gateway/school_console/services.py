@@ -73,6 +73,8 @@ class BoxServices:
     last_summary_acked: Callable[[], float | None]
     local_actions: LocalActions
     cache: CacheService | None = None
+    # The box's own system: version, slot, last update (gateway.sysupdate.updater).
+    system: Callable[[], dict[str, Any]] | None = None
     revoke: Callable[[str], Awaitable[Revocation]] | None = None
     ca_fingerprint: str | None = None
     started_at: float = field(default_factory=time.time)

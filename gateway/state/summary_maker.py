@@ -9,6 +9,7 @@ transaction. The first summary is made right after start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -55,6 +56,11 @@ class SummaryMaker:
         self._health = health
         self._extra = extra
         self._on_committed = on_committed
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Make the next summary now (news that should not wait for the interval)."""
+        self._wake.set()
 
     async def _enqueue(self, body: dict[str, Any], now: float) -> None:
         async with self._db.transaction() as conn:
@@ -63,8 +69,10 @@ class SummaryMaker:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()
             await self.make_one()
-            await asyncio.sleep(self._interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
 
     async def make_one(self) -> dict[str, Any]:
         """Build one summary from the store and enqueue it; returns its body."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -20,7 +22,14 @@ import aiosqlite
 
 from gateway.errors import StoreError, StoreUnavailable
 from gateway.store.health import StoreHealth
-from gateway.store.migrations import MIGRATIONS
+from gateway.store.migrations import BACKWARD_COMPATIBLE, MIGRATIONS
+from gateway.store.schema_rollback import (
+    MIN_READER_KEY,
+    min_reader,
+    older_snapshots,
+    rolled_back_path,
+    snapshot_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +66,44 @@ class Database:
         self.health = StoreHealth()
 
     @classmethod
-    async def open(cls, path: Path, migrations: Mapping[int, str] = MIGRATIONS) -> Database:
-        """Open (creating if needed) and migrate the database at ``path``."""
+    async def open(
+        cls,
+        path: Path,
+        migrations: Mapping[int, str] = MIGRATIONS,
+        *,
+        compatible: frozenset[int] = BACKWARD_COMPATIBLE,
+        restore_newer: bool = False,
+    ) -> Database:
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        A store migrated by a newer gateway (a system rollback) is handled as
+        gateway/store/schema_rollback.py says; only the daemon passes
+        ``restore_newer`` (it may put the snapshot back).
+        """
+        db = await cls._connect(path)
+        try:
+            known = max(migrations, default=0)
+            current = await db.schema_version()
+            if current > known and not await db._runs_on_newer(current, known):
+                if not restore_newer:
+                    raise StoreError(
+                        f"{path} has schema {current}, newer than this gateway knows ({known}) "
+                        "and not readable by it; start the gateway daemon to restore its "
+                        "snapshot (docs/operations.md, 'System updates')"
+                    )
+                await db.close()
+                await asyncio.to_thread(_restore_snapshot, path, current, known)
+                db = await cls._connect(path)
+            elif 0 < current < known:
+                await db._snapshot(current)
+            await db._migrate(migrations, compatible)
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    @classmethod
+    async def _connect(cls, path: Path) -> Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
@@ -70,11 +115,49 @@ class Database:
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA foreign_keys=ON")
             await conn.execute("PRAGMA busy_timeout=5000")
-            await db._migrate(migrations)
-        except BaseException:
+        except sqlite3.Error as exc:
             await conn.close()
-            raise
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
         return db
+
+    async def _runs_on_newer(self, current: int, known: int) -> bool:
+        """Whether this (older) code may use a store at schema ``current``."""
+        row = None
+        if await self._has_meta():
+            row = await self.fetch_one("SELECT value FROM meta WHERE key = ?", (MIN_READER_KEY,))
+        needed = int(row[0]) if row is not None and str(row[0]).isdigit() else current
+        if known >= needed:
+            log.warning(
+                "%s has schema %d, newer than this gateway knows (%d); its migrations since "
+                "are backward compatible: running on it as it is",
+                self.path,
+                current,
+                known,
+            )
+            return True
+        return False
+
+    async def _has_meta(self) -> bool:
+        found = await self.fetch_one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        )
+        return found is not None
+
+    async def _snapshot(self, level: int) -> None:
+        """Copy the store as it is before migrating it (schema_rollback.py, rule 1)."""
+        target = snapshot_path(self.path, level)
+        target.unlink(missing_ok=True)
+        try:
+            await self._conn.execute("VACUUM INTO ?", (str(target),))
+        except sqlite3.Error as exc:
+            target.unlink(missing_ok=True)
+            raise StoreError(
+                f"cannot snapshot {self.path} before migrating it ({exc}); not migrating, "
+                "so an older system can still use it"
+            ) from exc
+        for old in older_snapshots(self.path, target):
+            old.unlink(missing_ok=True)
+        log.info("snapshot of schema %d written to %s before migrating", level, target)
 
     def run_before_commit(self, sql: str) -> None:
         """Run ``sql`` (no parameters) at the end of every write transaction, before COMMIT."""
@@ -87,9 +170,10 @@ class Database:
         row = await self.fetch_one("PRAGMA user_version")
         return int(row[0]) if row else 0
 
-    async def _migrate(self, migrations: Mapping[int, str]) -> None:
+    async def _migrate(self, migrations: Mapping[int, str], compatible: frozenset[int]) -> None:
         current = await self.schema_version()
-        for number in sorted(n for n in migrations if n > current):
+        pending = sorted(n for n in migrations if n > current)
+        for number in pending:
             try:
                 # The version is read again under the write lock: another process (the
                 # daemon starting while `status` or a CLI opens the file) may have
@@ -107,6 +191,13 @@ class Database:
                 if self._conn.in_transaction:
                     await self._conn.execute("ROLLBACK")
                 raise StoreError(f"schema migration {number} failed on {self.path}: {exc}") from exc
+        if pending and await self._has_meta():
+            needed = min_reader(migrations, compatible, pending[-1])
+            await self.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (MIN_READER_KEY, str(needed)),
+            )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -179,6 +270,30 @@ class Database:
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         async with self.transaction() as conn:
             await conn.executemany(sql, rows)
+
+
+def _restore_snapshot(path: Path, current: int, known: int) -> None:
+    """Put back the snapshot of schema ``known``; keep the newer store aside."""
+    snapshot = snapshot_path(path, known)
+    if not snapshot.exists():
+        raise StoreError(
+            f"{path} has schema {current}, newer than this gateway knows ({known}), not readable "
+            f"by it, and there is no snapshot {snapshot.name} to go back to"
+        )
+    aside = rolled_back_path(path, current)
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, aside.with_name(aside.name + suffix))
+    shutil.copyfile(snapshot, path)
+    log.error(
+        "%s had schema %d from a newer system that was rolled back; restored the snapshot of "
+        "schema %d (the newer store is kept as %s; what was written since is in it only)",
+        path,
+        current,
+        known,
+        aside,
+    )
 
 
 async def next_sequence(conn: aiosqlite.Connection, name: str, count: int = 1) -> int:

@@ -10,6 +10,13 @@ deliveries, 5 cache index, 6 enrollment and tablet identities, ...,
 
 from __future__ import annotations
 
+# Migrations whose result an older gateway can still run on (gateway/store/schema_rollback.py):
+# a box rolled back to the older system then keeps its store as it is. Declare a migration
+# here only when older code is unaffected (a new table, a column with a default it never
+# reads); any other migration makes an older gateway restore its snapshot, losing what was
+# written since. 1-11 predate the rule.
+BACKWARD_COMPATIBLE: frozenset[int] = frozenset()
+
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE meta (

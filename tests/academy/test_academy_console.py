@@ -196,6 +196,10 @@ class TestWhatPeopleMayNotDo:
             async with client.get(f"{academy.url}/api/schools/school-01") as r:
                 school = await r.json()
             assert len(school["tablets"]) == TABLETS
+            # Each gateway's system block came in its summaries (a dev host: no RAUC).
+            (gateway,) = school["gateways"]
+            assert gateway["system"]["version"] == "unknown"
+            assert gateway["system"]["last_update"] is None
 
 
 async def test_in_chromium_sign_in_see_schools_and_lock_a_group_in_two_schools(
