@@ -11,15 +11,12 @@ order.
 
 Durability, the same discipline as the box (gateway.state.ingest):
 
-* payloads wait in a bounded queue (``ingest.queue_payloads``); the decoder
+* payloads wait in a bounded queue (``ingest.queue_payloads``); the writer
   takes up to ``ingest.batch_max_payloads`` of them (or what arrived within
-  ``ingest.batch_window_s``) and decodes them (gateway.academy.ingest.upstream)
-  while the writer applies the batch before (one decoded batch waits between
-  them, so this process and PostgreSQL work at the same time); the writer
-  applies each batch in ONE transaction (gateway.academy.ingest.apply)
-  together with the refusals and the worker's counters, in the order they were
-  taken, and only after COMMIT acknowledges every payload of the batch
-  (PUBACK) to the broker;
+  ``ingest.batch_window_s``), decodes them (gateway.academy.ingest.upstream),
+  applies them in ONE transaction (gateway.academy.ingest.apply) together
+  with the refusals and the worker's counters, and only after COMMIT
+  acknowledges every payload of the batch (PUBACK) to the broker;
 * a worker killed at any point has acknowledged only committed payloads: the
   broker redelivers the rest when it comes back (same client id, persistent
   session), and ``upstream_seen`` drops what was committed but not yet
@@ -31,8 +28,7 @@ Durability, the same discipline as the box (gateway.state.ingest):
   the batch is applied again payload by payload, and the one refused is
   counted (``ingest_refused_store``), logged, recorded and acknowledged.
 
-At the bound: besides the queue, one batch is being decoded, one waits decoded
-and one is being applied. When the queue is full, ``_accept`` waits, so the broker link
+At the bound: when the queue is full, ``_accept`` waits, so the broker link
 stops reading its socket (gateway.broker.link pauses its intake), TCP pushes
 back, and the broker keeps the rest queued for this worker's session (its
 ``max_inflight_messages`` and ``max_queued_messages`` bound it there).
@@ -137,7 +133,6 @@ class IngestWorker:
         self.counters = Tally()
         self.link_counters = Counters()  # the broker link's own (gateway.metrics catalogue)
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=config.ingest.queue_payloads)
-        self._decoded: asyncio.Queue[list[Decoded]] = asyncio.Queue(maxsize=1)
         self._conn: asyncpg.Connection | None = None
         self._started = datetime.datetime.now(datetime.UTC)
         self.link = BrokerLink(
@@ -161,7 +156,6 @@ class IngestWorker:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.link.run(), name=f"{self.name}-link")
-                group.create_task(self._decode_loop(), name=f"{self.name}-decode")
                 group.create_task(self._apply_loop(), name=f"{self.name}-apply")
                 group.create_task(self._announce(), name=f"{self.name}-announce")
         finally:
@@ -181,28 +175,19 @@ class IngestWorker:
             self.counters.inc("ingest_queue_full_waits")
         await self._queue.put(message)
 
-    async def _decode_loop(self) -> None:
-        """Take the next batch and decode it while the writer applies the one before."""
+    async def _apply_loop(self) -> None:
         ingest = self.config.ingest
         while True:
             batch = await next_batch(self._queue, ingest.batch_max_payloads, ingest.batch_window_s)
-            decoded = []
-            for message in batch:
-                payload = decode_upstream(
-                    message.topic, message.payload, max_payload_bytes=ingest.max_payload_bytes
+            decoded = [
+                Decoded(
+                    m,
+                    decode_upstream(m.topic, m.payload, max_payload_bytes=ingest.max_payload_bytes),
                 )
-                decoded.append(Decoded(message, payload))
-                # A payload is about a millisecond of work: between two, the writer
-                # sends PostgreSQL its next statement as soon as the last one is done.
-                await asyncio.sleep(0)
-            await self._decoded.put(decoded)
-
-    async def _apply_loop(self) -> None:
-        """Apply each decoded batch in one transaction, in order; acknowledge after COMMIT."""
-        while True:
-            decoded = await self._decoded.get()
+                for m in batch
+            ]
             await self._commit(decoded)
-            self.link.ack_all([item.message for item in decoded])
+            self.link.ack_all(batch)
             self.committed.set()
             self.committed.clear()
 
