@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import pytest
@@ -40,17 +39,6 @@ class TestMigrations:
             assert row is not None and row[0] == 3
         finally:
             await db.close()
-
-    async def test_opened_by_several_at_once_each_migration_applies_once(self, tmp_path):
-        # `status` or a CLI may open the file while the daemon creates it.
-        path = tmp_path / "g.db"
-        opened = await asyncio.gather(*(Database.open(path) for _ in range(4)))
-        try:
-            for db in opened:
-                assert await db.schema_version() == max(MIGRATIONS)
-        finally:
-            for db in opened:
-                await db.close()
 
     async def test_failed_migration_leaves_the_old_version(self, tmp_path):
         path = tmp_path / "g.db"
