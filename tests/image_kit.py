@@ -318,7 +318,10 @@ class Vm:
     def wait_for(
         self, pattern: str | re.Pattern[str], timeout_s: float, *, after: int = 0
     ) -> re.Match[str]:
-        """Poll the console (after character ``after``) until ``pattern`` appears; fail with its tail."""
+        """Poll the console (after character ``after``) until ``pattern`` appears; fail with its tail.
+
+        The match's positions count from ``after``; :meth:`mark` gives an absolute one.
+        """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout_s
         while True:

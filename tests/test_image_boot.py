@@ -139,10 +139,21 @@ class TestPowerCutDuringInstall:
             )
             assert first.group(1) == "0", vm.console_text()[-6000:]
             assert "ORDER=B A" in first.group(2) and "B_OK=1" in first.group(2), first.group(0)
+            # RAUC's post-install handler carried the box's identity into slot B.
+            identity = vm.wait_for(r"TEST-IDENTITY slot=B (.*)", 120, after=first.end())
+            assert identity.group(1).split() == [
+                "machine-id=same", "ssh-host-keys=same", "etc-school-gateway=same",
+            ], identity.group(0)  # fmt: skip
             # Cut the power as soon as RAUC writes the slot again (no timer).
-            vm.wait_for(r"TEST-INSTALL start 2\.raucb", INSTALL_TIMEOUT_S, after=first.end())
-            mark = vm.mark()
-            vm.wait_for(r"Copying image to rootfs\.1", INSTALL_TIMEOUT_S, after=mark)
+            after_identity = first.end() + identity.end()  # wait_for matches from `after`
+            second = vm.wait_for(
+                r"TEST-INSTALL start 2\.raucb", INSTALL_TIMEOUT_S, after=after_identity
+            )
+            vm.wait_for(
+                r"Copying image to rootfs\.1",
+                INSTALL_TIMEOUT_S,
+                after=after_identity + second.end(),
+            )
             vm.kill()
             install_seconds = vm.seconds()
         cut = vm.console_text()
