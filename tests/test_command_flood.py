@@ -19,7 +19,7 @@ from gateway.lab.commands import AcademySigner, results_for
 from gateway.lab.waiting import wait_until
 from gateway.state.intake_budget import TabletBudget
 from gateway.status_view import render_status
-from tests.test_commands_flow import SCHOOL, keys, online_fleet, send
+from tests.commands_kit import SCHOOL, keys, online_fleet, send
 
 TABLETS = 100
 COMMANDS = 9

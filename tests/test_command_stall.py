@@ -17,7 +17,7 @@ import aiomqtt
 from gateway import topics
 from gateway.lab.commands import AcademySigner
 from gateway.lab.waiting import wait_until
-from tests.test_commands_flow import SCHOOL, keys, online_fleet, send
+from tests.commands_kit import SCHOOL, keys, online_fleet, send
 
 
 class TestStalledSchoolBroker:

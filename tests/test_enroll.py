@@ -7,7 +7,6 @@ import json
 import re
 import ssl
 import time
-from pathlib import Path
 
 import aiohttp
 import aiomqtt
@@ -15,32 +14,12 @@ import aiomqtt
 from gateway.lab.config_file import write_config_file
 from gateway.lab.waiting import wait_until
 from gateway.security import pki, registry
-from gateway.security.enrollment import enrollment_url
 from gateway.security.probe import connect_outcome
 from gateway.sim.enroll import enroll_tablet, fetch_pinned_ca, make_csr, post_enrollment
 from gateway.sim.fleet import Fleet, FleetSettings
 from gateway.store.database import Database
+from tests.enroll_kit import ca_file, make_token, url_for
 from tests.helpers import run_cli
-
-
-async def make_token(running, *, ttl_s=600.0, now=None, device_id=None, group="class-01") -> str:
-    return await registry.create_token(
-        running.gateway._db,
-        group=group,
-        ttl_s=ttl_s,
-        now=now or time.time(),
-        device_id=device_id,
-    )
-
-
-def url_for(running, secret: str) -> str:
-    config = running.gateway.config
-    fingerprint = pki.fingerprint(pki.load_certificate(ca_file(running).read_bytes(), "ca"))
-    return enrollment_url("127.0.0.1", config.enrollment.port, secret, fingerprint)
-
-
-def ca_file(running) -> Path:
-    return running.gateway.config.gateway.state_dir / "pki" / "ca.crt"
 
 
 async def post(running, body: dict) -> tuple[int, dict]:

@@ -28,8 +28,8 @@ from gateway.security import escrow
 from gateway.sim.enroll import enroll_tablet
 from gateway.topics import academy_commands, academy_gateway_escrow
 from tests.conftest import RunningGateway, secure_lab_tables, start_secure_broker
+from tests.enroll_kit import make_token, url_for
 from tests.helpers import run_cli
-from tests.test_enroll import make_token, url_for
 
 SCHOOL = "school-test"
 

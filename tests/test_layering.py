@@ -9,6 +9,7 @@ belongs.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,21 @@ class TestGatewayTree:
             check=True,
         )
         assert result.stdout.strip() == "[]"
+
+
+class TestTestsTree:
+    """Test modules share helpers through kits (``tests/*_kit.py``, ``helpers.py``), never
+    through another test module: importing one runs its module set-up and couples the two."""
+
+    def test_no_test_module_imports_another(self) -> None:
+        tests = Path(__file__).resolve().parent
+        found = [
+            f"{path.relative_to(tests)}:{number}: {line.strip()}"
+            for path in sorted(tests.rglob("*.py"))
+            for number, line in enumerate(path.read_text().splitlines(), 1)
+            if re.match(r"\s*(from|import)\s+(tests\.)?(academy\.)?test_\w+", line)
+        ]
+        assert found == []
 
 
 class TestChecker:

@@ -15,8 +15,8 @@ import pytest
 
 from gateway.lab.commands import AcademySigner, results_for
 from gateway.lab.waiting import wait_until
+from tests.commands_kit import SCHOOL, keys, send
 from tests.secure_clients import issue_tablet_files
-from tests.test_commands_flow import SCHOOL, keys, send
 
 DEVICE = "tab-0001"
 

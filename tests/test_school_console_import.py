@@ -22,7 +22,7 @@ from gateway.school_console.console import install_console
 from gateway.school_console.services import BoxServices
 from gateway.web.passwords import ScryptCost, hash_password
 from gateway.web.server import build_app
-from tests.test_cache_flow import CacheLab, blob
+from tests.cache_lab import CacheLab, blob
 
 PASSWORD = "usb-import-password"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_systemd_units import REPO, analyze, executables, exposure, make_root
+from tests.systemd_kit import REPO, analyze, executables, exposure, make_root
 
 ACADEMY_UNIT = REPO / "systemd" / "academy.service"
 
