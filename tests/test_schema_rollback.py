@@ -6,6 +6,7 @@ one adds 3. gateway/store/schema_rollback.py says what happens.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -25,6 +26,10 @@ NEW = {**OLD, 3: "ALTER TABLE commands ADD COLUMN targets TEXT NOT NULL DEFAULT 
 
 def snapshots(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.snapshot"))
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.tmp-*"))
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -67,6 +72,28 @@ class TestSnapshotBeforeMigrating:
         db = await Database.open(tmp_path / "gateway.db", NEW)
         await db.close()
         assert snapshots(tmp_path) == []
+
+    async def test_openers_at_once_each_succeed_and_one_snapshot_stays(
+        self, tmp_path: Path
+    ) -> None:
+        """The daemon's first start on a new schema and a ``status`` open the store together."""
+        path = tmp_path / "gateway.db"
+        old = await Database.open(path, OLD)
+        await write(old, "INSERT INTO commands (id, action) VALUES (?, ?)", "cmd-1", "lock")
+        await old.close()
+        for _ in range(5):  # the race needs a few tries to show
+            opened = await asyncio.gather(*(Database.open(path, NEW) for _ in range(4)))
+            for db in opened:
+                assert await db.schema_version() == 3
+                await db.close()
+            assert snapshots(tmp_path) == ["gateway.db.schema-2.snapshot"]
+            assert rows(snapshot_path(path, 2), "PRAGMA user_version") == [(2,)]
+            assert rows(snapshot_path(path, 2), "SELECT id FROM commands") == [("cmd-1",)]
+            assert temporaries(tmp_path) == []
+            with sqlite3.connect(path) as conn:  # back to schema 2 for the next try
+                conn.execute("ALTER TABLE commands DROP COLUMN targets")
+                conn.execute("PRAGMA user_version = 2")
+            snapshot_path(path, 2).unlink()
 
 
 class TestOlderGatewayOnNewerStore:

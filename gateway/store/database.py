@@ -144,17 +144,29 @@ class Database:
         return found is not None
 
     async def _snapshot(self, level: int) -> None:
-        """Copy the store as it is before migrating it (schema_rollback.py, rule 1)."""
+        """Copy the store as it is before migrating it (schema_rollback.py, rule 1).
+
+        Two openers may get here at once (the daemon's first start and a
+        ``status``): each copies into its own temporary file, and a copy is
+        kept only if it still holds schema ``level`` (the other opener may have
+        migrated in between; then its copy is the snapshot).
+        """
         target = snapshot_path(self.path, level)
-        target.unlink(missing_ok=True)
+        temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}-{id(self):x}")
         try:
-            await self._conn.execute("VACUUM INTO ?", (str(target),))
+            await self._conn.execute("VACUUM INTO ?", (str(temporary),))
+            copied = await asyncio.to_thread(_schema_of, temporary)
         except sqlite3.Error as exc:
-            target.unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise StoreError(
                 f"cannot snapshot {self.path} before migrating it ({exc}); not migrating, "
                 "so an older system can still use it"
             ) from exc
+        if copied != level:
+            temporary.unlink(missing_ok=True)
+            log.info("%s was migrated past schema %d by another opener meanwhile", self.path, level)
+            return
+        os.replace(temporary, target)
         for old in older_snapshots(self.path, target):
             old.unlink(missing_ok=True)
         log.info("snapshot of schema %d written to %s before migrating", level, target)
@@ -270,6 +282,14 @@ class Database:
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         async with self.transaction() as conn:
             await conn.executemany(sql, rows)
+
+
+def _schema_of(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def _restore_snapshot(path: Path, current: int, known: int) -> None:
