@@ -16,20 +16,8 @@ from gateway.school_console.common import actor_of, services_of
 from gateway.school_console.glance import GlanceFacts, glance, worst
 from gateway.school_console.services import BoxServices
 from gateway.state.summary import is_older
-from gateway.web.i18n import N_
 from gateway.web.stack import principal_of, redirect, requires, stack_of
-
-# How each system update outcome (gateway.sysupdate.outcomes) reads, and its colour.
-OUTCOME_LABELS = {
-    "refused": (N_("refused"), "red"),
-    "installing": (N_("installing"), "amber"),
-    "failed": (N_("failed"), "red"),
-    "installed": (N_("installed, restarting"), "amber"),
-    "booted": (N_("started, being checked"), "amber"),
-    "marked-good": (N_("installed and working"), "green"),
-    "health-check-failed": (N_("did not start well"), "red"),
-    "rolled-back": (N_("rolled back to the previous system"), "red"),
-}
+from gateway.web.system_outcomes import OUTCOME_LABELS
 
 PAGE_SIZE = 100
 RECENT_COMMANDS = 30

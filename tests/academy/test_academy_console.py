@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from gateway.academy.store.database import create_pool, migrate
 from gateway.lab.academy_schools import SchoolSite, start_schools
 from gateway.lab.mosquitto import STAND_IN_ACADEMY_CONFIG, MosquittoProcess, free_port
 from gateway.lab.postgres import PostgresCluster
+from gateway.sysupdate.files import OUTCOME, update_dir, write_atomically
+from gateway.sysupdate.outcomes import outcome, render_outcomes
 from tests.browser import axe_check
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -200,6 +203,36 @@ class TestWhatPeopleMayNotDo:
             (gateway,) = school["gateways"]
             assert gateway["system"]["version"] == "unknown"
             assert gateway["system"]["last_update"] is None
+
+
+class TestSystemUpdateAtASchool:
+    """A school's box rolled back a system update: its page says so, in French."""
+
+    async def test_the_outcome_travels_up_and_reads_in_french(self, academy: Academy) -> None:
+        site = academy.schools[1]  # school-02: the JSON API test expects none at school-01
+        assert site.gateway is not None
+        rolled_back = outcome(
+            "3", "ab" * 32, "rolled-back", at=time.time(), reason="booted slot A", slot="A"
+        )
+        folder = update_dir(site.gateway.state_dir)
+        await asyncio.to_thread(write_atomically, folder / OUTCOME, render_outcomes((rolled_back,)))
+        query = (
+            "SELECT count(*) FROM gateways WHERE school_id = 'school-02' "
+            "AND summary::jsonb -> 'system' -> 'last_update' ->> 'outcome' = 'rolled-back'"
+        )
+        assert await wait_for_value(academy.dsn, query, 1, 30) == 1
+        async with _client() as client:
+            assert await sign_in(client, academy.url, "victor", PASSWORD) == 303
+            for language, words in (
+                ("fr", "Version 3 : retour au système précédent"),
+                ("en", "Version 3: rolled back to the previous system"),
+            ):
+                async with client.get(f"{academy.url}/schools/school-02?lang={language}") as r:
+                    html = await r.text()
+                shown = re.search(r'data-outcome="rolled-back">([^<]*)<', html)
+                assert shown is not None, html
+                assert shown.group(1) == words
+                assert "booted slot A" in html
 
 
 async def test_in_chromium_sign_in_see_schools_and_lock_a_group_in_two_schools(

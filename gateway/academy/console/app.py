@@ -39,6 +39,7 @@ from gateway.commands.actions import ACTIONS
 from gateway.errors import GatewayError, RejectedInput
 from gateway.web.i18n import N_, CatalogueSource
 from gateway.web.stack import WebSettings, WebStack, principal_of, redirect, requires, stack_of
+from gateway.web.system_outcomes import OUTCOME_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ async def _page(
         "action_labels": ACTION_LABELS,
         "attention_labels": ATTENTION_LABELS,
         "target_labels": TARGET_LABELS,
+        "outcome_labels": OUTCOME_LABELS,
         **context,
     }
     return await stack_of(request).render(request, template, values, status=status)
