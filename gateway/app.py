@@ -45,7 +45,7 @@ from gateway.commands.results import CommandResults
 from gateway.config import AcademyBrokerSection, Config, SchoolBrokerSection
 from gateway.errors import BrokerError, GatewayError, RejectedInput
 from gateway.health.box import collect_box_health
-from gateway.health.metrics import render_metrics
+from gateway.health.metrics import render_metrics, system_readings
 from gateway.metrics import Counters, Reading
 from gateway.relay import outbox
 from gateway.relay.drain import OutboxDrain
@@ -633,6 +633,7 @@ class Gateway:
                 Reading("tablets_online", online),
                 Reading("store_writable", float(self._db.health.writable)),
             ]
+            gauges += system_readings(self._flows.system.block())
         health = collect_box_health(self.config.gateway.state_dir)
         return render_metrics(self.counters, gauges, health)
 

@@ -199,6 +199,18 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _gauge("box_uptime_seconds", "Time since boot."),
     _gauge("box_default_route", "1 when the box has a default route out of the LAN."),
     _gauge(
+        "system_info",
+        "This box's system: version and booted slot (value always 1).",
+        "version",
+        "slot",
+    ),
+    _gauge(
+        "system_last_update_timestamp_seconds",
+        "When the last system update outcome was recorded; its version and outcome as labels.",
+        "version",
+        "outcome",
+    ),
+    _gauge(
         "box_interface_address_info",
         "IPv4 addresses of the LAN interfaces (value always 1).",
         "interface",

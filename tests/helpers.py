@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from gateway.config import Config, config_from_mapping
 from gateway.lab.academy import AcademyListener
 from gateway.lab.mosquitto import free_port
@@ -146,3 +148,15 @@ async def enqueue_results(db_path: Path, command_ids: list[str]) -> None:
                 await outbox.enqueue(conn, "result", {"command_id": command_id, "status": "done"})
     finally:
         await db.close()
+
+
+def families(body: bytes) -> dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]]:
+    """Parsed exposition: family name -> (type, help, [(labels, value)])."""
+    return {
+        family.name: (
+            family.type,
+            family.documentation,
+            [(sample.labels, sample.value) for sample in family.samples],
+        )
+        for family in text_string_to_metric_families(body.decode("utf-8"))
+    }

@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.health.box import BoxHealth, LanInterface
 from gateway.health.metrics import render_metrics
 from gateway.metrics import CATALOGUE, SPECS, Counters, Reading, UndeclaredMetric
+from tests.helpers import families
 
 HEALTH = BoxHealth(
     cpu_percent=12.5,
@@ -44,18 +44,6 @@ GAUGES = [
     Reading("broker_link_up", 1.0, {"link": "academy"}),
     Reading("broker_link_up", 0.0, {"link": "school"}),
 ]
-
-
-def families(body: bytes) -> dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]]:
-    """Parsed exposition: family name -> (type, help, [(labels, value)])."""
-    return {
-        family.name: (
-            family.type,
-            family.documentation,
-            [(sample.labels, sample.value) for sample in family.samples],
-        )
-        for family in text_string_to_metric_families(body.decode("utf-8"))
-    }
 
 
 class TestCounters:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -23,7 +24,7 @@ from gateway.status_view import render_status
 from gateway.sysupdate.files import OUTCOME, READY, REQUEST, parse_request, update_dir
 from gateway.sysupdate.outcomes import outcome, render_outcomes
 from gateway.sysupdate.system import current_boot_id
-from tests.helpers import academy_view
+from tests.helpers import academy_view, families
 
 COMPAT = "school-gateway-amd64"
 BUNDLE = b"pretend RAUC bundle of version 2\n" * 4000
@@ -133,6 +134,18 @@ class TestBundleThroughTheCache:
         text = render_status({**status, "running": True})
         assert "system: version 1 on slot ? (school-gateway-amd64)" in text
         assert "last update: version 2 INSTALLED (slot B)" in text
+
+        # And for a scraper: what runs, and the last outcome with when.
+        http = gateway.config.http
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{http.host}:{http.port}/metrics") as response,
+        ):
+            scraped = families(await response.read())
+        assert scraped["school_gateway_system_info"][2] == [({"version": "1", "slot": ""}, 1.0)]
+        assert scraped["school_gateway_system_last_update_timestamp_seconds"][2] == [
+            ({"version": "2", "outcome": "installed"}, record[0].at)
+        ]
 
     async def test_outside_the_window_no_request(
         self, tmp_path: Path, origin: Origin, start_gateway: Any

@@ -9,7 +9,8 @@ registry per scrape means no global state and nothing to unregister.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -43,6 +44,17 @@ def box_readings(health: BoxHealth) -> list[Reading]:
         for i in health.interfaces
         for address in i.ipv4
     ]
+    return readings
+
+
+def system_readings(system: Mapping[str, Any]) -> list[Reading]:
+    """The ``system`` block (gateway.sysupdate) as gauges: what runs, and the last outcome."""
+    slot = system.get("booted_slot") or ""
+    readings = [Reading("system_info", 1.0, {"version": str(system["version"]), "slot": slot})]
+    last = system.get("last_update")
+    if last:
+        labels = {"version": str(last["version"]), "outcome": str(last["outcome"])}
+        readings.append(Reading("system_last_update_timestamp_seconds", float(last["at"]), labels))
     return readings
 
 
