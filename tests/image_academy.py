@@ -99,6 +99,11 @@ class AcademyStandIn(StartStop):
         if self.broker is not None:
             await self.broker.stop()
 
+    def listener_ended(self) -> str | None:
+        """How the summary listener ended, if it did (it should run until stop)."""
+        task = self._listening
+        return repr(task) if task is not None and task.done() else None
+
     def sign_gateway_csr(self, csr_pem: bytes) -> bytes:
         """What the academy does with a box's ``pki/gateway.csr``: a client certificate."""
         csr = x509.load_pem_x509_csr(csr_pem)

@@ -41,6 +41,7 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +161,36 @@ class Scenario:
 
     def failure(self, what: str) -> str:
         summaries = self.academy.summaries()
+        listener = self.academy.listener
+        topics = Counter(m.topic for m in listener.messages) if listener is not None else {}
+        last = summaries[-1].get("system") if summaries else "no summary at all"
+        if ended := self.academy.listener_ended():
+            what += f"\nthe academy listener ended: {ended}"
         return (
-            f"{what}\nlast summary's system: {summaries[-1].get('system') if summaries else None}"
+            f"{what}\n{len(summaries)} summaries; the last one's system: {last}"
+            f"\nmessages at the academy by topic: {dict(topics)}"
             f"\nconsole tail:\n{self.vm.console_text()[-6000:]}"
         )
+
+    async def box_journal(self) -> str:
+        """The box's own account, for a failure message: its gateway's and the updater's logs."""
+        command = (
+            "journalctl --no-pager -o short-monotonic -n 80 -u gateway.service"
+            " -u school-gateway-system-update.service -u school-gateway-health-check.service;"
+            " echo '--- warnings of this boot:'; journalctl --no-pager -b -p warning -n 40;"
+            " ls -l /var/lib/school-gateway /var/lib/school-gateway/pki"
+        )
+        result = await self.technician.run(command, timeout_s=60)
+        return f"box journal (ssh exit {result.returncode}):\n{result.stdout}{result.stderr}"
+
+    async def expect_summary(
+        self, predicate: Callable[[dict[str, Any]], bool], within_s: float, what: str
+    ) -> dict[str, Any]:
+        """:meth:`wait_summary`, failing with ``what``, the console and the box's journal."""
+        found = await self.wait_summary(predicate, within_s)
+        if found is None:
+            pytest.fail(f"{self.failure(what)}\n{await self.box_journal()}")
+        return found
 
     async def wait_summary(
         self, predicate: Callable[[dict[str, Any]], bool], within_s: float
@@ -384,13 +411,15 @@ class TestSystemUpdateOnTheBox:
     async def scenario(self, scenario: Scenario, release: Release, tablet_dir: Path) -> None:
         academy = scenario.academy
         await provision_box(scenario)
-        assert await scenario.wait_summary(on("1", "A"), FIRST_BOOT_S), scenario.failure(
-            "no summary from version 1 on slot A"
+        await scenario.expect_summary(
+            on("1", "A"), FIRST_BOOT_S, "no summary from version 1 on slot A"
         )
         scenario.mark("version 1 reported")
         tablet = await enroll_and_report(scenario, tablet_dir)
-        assert await scenario.wait_summary(lambda body: body["tablets"]["reporting"] == 1, 300), (
-            scenario.failure("the tablet's report never reached a summary")
+        await scenario.expect_summary(
+            lambda body: body["tablets"]["reporting"] == 1,
+            300,
+            "the tablet's report never reached a summary",
         )
         before = await snapshot(scenario)
         assert [row[0] for row in before["rows"]["shadow"]] == [TABLET], before
@@ -399,11 +428,11 @@ class TestSystemUpdateOnTheBox:
 
         # Version 2 through the manifest, the cache and the origin: slot B, marked good.
         v2_sha256 = await scenario.publish_manifest(1, release.bundle_v2, "2")
-        good = await scenario.wait_summary(
+        good = await scenario.expect_summary(
             lambda body: on("2", "B")(body) and last_update(body).get("outcome") == "marked-good",
             UPDATE_S,
+            "version 2 was not marked good on slot B",
         )
-        assert good is not None, scenario.failure("version 2 was not marked good on slot B")
         scenario.mark("version 2 marked good on B")
         # It came through the update cache: complete there, fetched from the origin.
         cached = {item["sha256"]: item for item in good["cache"]["items"]}
@@ -413,23 +442,25 @@ class TestSystemUpdateOnTheBox:
 
         # Version 3 cannot start its gateway: the box comes back to 2 on its own.
         await scenario.publish_manifest(2, release.bundle_v3_broken, "3")
-        back = await scenario.wait_summary(
+        await scenario.expect_summary(
             lambda body: (
                 on("2", "B")(body)
                 and last_update(body).get("version") == "3"
                 and last_update(body).get("outcome") == "rolled-back"
             ),
             ROLLBACK_S,
+            "the box did not come back to version 2",
         )
-        assert back is not None, scenario.failure("the box did not come back to version 2")
         scenario.mark("back on version 2 after 3 failed")
         assert await snapshot(scenario) == before
 
         # The tablet's certificate still opens the school broker, and its report counts.
         await publish_state(scenario, tablet.tls_context(), seq=2, battery=5)
-        assert await scenario.wait_summary(
-            lambda body: TABLET in body["low_battery"]["devices"], 300
-        ), scenario.failure("the tablet's report after the rollback never reached a summary")
+        await scenario.expect_summary(
+            lambda body: TABLET in body["low_battery"]["devices"],
+            300,
+            "the tablet's report after the rollback never reached a summary",
+        )
         scenario.mark("tablet reported after the rollback")
 
         # The box's own status says the same (the technician's view).
